@@ -1,0 +1,161 @@
+"""The ``pgwarden`` command: argument parsing and dispatch to the subsystems.
+
+Owns the command-line surface (subcommands, options, exit codes, what goes to stdout
+versus stderr). It does no serving itself: ``serve`` and ``demo`` import their modules
+lazily, so ``check-config`` and ``hash-secret`` stay fast and work even where the server's
+dependencies (uvloop, sockets) are unavailable.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, load_config
+from gateway.identity.static_secrets import hash_secret
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgwarden",
+        description="PostgreSQL data-path gateway for non-human identities.",
+    )
+    parser.add_argument("--version", action="version", version=f"pgwarden {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (supervisor and workers)")
+    serve.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+
+    sub.add_parser(
+        "hash-secret",
+        help="hash a static client secret for a [[clients]] entry",
+        description="Reads the secret from stdin (or prompts on a terminal) and prints "
+        "its scrypt hash for clients[].secret_hash.",
+    )
+
+    demo = sub.add_parser("demo", help="run a self-contained local demo")
+    demo.add_argument("--port", type=int, default=6432, help="listen port (default: 6432)")
+    demo.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    demo.add_argument(
+        "--dir",
+        default=None,
+        metavar="DIR",
+        help="working directory, kept on exit (default: a temp dir, removed on exit)",
+    )
+    return parser
+
+
+def _load(path: str, err: TextIO) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=err)
+        return None
+
+
+def _summary(cfg: Config) -> str:
+    s, t, u = cfg.server, cfg.tls, cfg.upstream
+    if t.cert_file:
+        tls = f"tls>={t.min_version}" + (" required" if t.require_tls else " optional")
+    else:
+        tls = "plaintext" + (" (loopback only)" if t.require_tls else "")
+    workers = f"{s.workers} workers" if s.workers else f"{cfg.effective_workers()} workers (auto)"
+    database = u.database or "<client's database>"
+    return (
+        f"listen {s.listen_host}:{s.listen_port}, {workers}, {tls}; "
+        f"upstream {u.user}@{u.host}:{u.port}/{database} sslmode={u.sslmode}; "
+        f"{len(cfg.clients)} static client(s); log {cfg.log.level}/{cfg.log.format}"
+    )
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, sys.stderr)
+    if cfg is None:
+        return EXIT_CONFIG
+    print(f"{args.config}: OK")
+    print(_summary(cfg))
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, sys.stderr)
+    if cfg is None:
+        return EXIT_CONFIG
+    # Imported here: the server pulls in uvloop and sockets, which no other command needs.
+    from gateway.server.supervisor import serve
+
+    return serve(cfg, args.config)
+
+
+def _read_secret() -> str | None:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Secret: ")
+        if getpass.getpass("Repeat: ") != first:
+            print("pgwarden: secrets do not match", file=sys.stderr)
+            return None
+        return first
+    data = sys.stdin.read()
+    # `echo secret | pgwarden hash-secret` appends one newline that is not part of it.
+    if data.endswith("\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith("\n") else data
+
+
+def _cmd_hash_secret(args: argparse.Namespace) -> int:
+    secret = _read_secret()
+    if secret is None:
+        return EXIT_FAILURE
+    if not secret:
+        print("pgwarden: empty secret", file=sys.stderr)
+        return EXIT_CONFIG
+    print(hash_secret(secret))
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    # args.dir None means "a temp dir, removed on exit": gateway.demo owns that decision.
+    from gateway.demo import run_demo
+
+    return run_demo(args)
+
+
+_COMMANDS = {
+    "serve": _cmd_serve,
+    "check-config": _cmd_check_config,
+    "hash-secret": _cmd_hash_secret,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pgwarden`` console script; returns the process exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help/--version (0) and on usage errors (2); return instead so
+        # main() can be called from tests and embedding code.
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,533 @@
+"""Typed configuration: TOML text -> frozen msgspec Structs, validated once at load.
+
+This module owns the configuration schema, every rule about which values are acceptable,
+and the mapping of each problem back to a ``FILE:LINE: KEY: MESSAGE`` line an operator can
+act on. Everything downstream receives a ``Config`` that has already been checked, so no
+other module re-validates settings or handles a half-valid configuration.
+
+It must not know how the settings are used (sockets, TLS contexts, upstream sessions) and
+must not import asyncio: ``pgwarden check-config`` has to work without starting anything.
+Secrets never pass through here; the upstream password is read later, at connect time, by
+``gateway.identity.secrets``.
+
+Relative file paths (``tls.cert_file``, ``tls.key_file``, ``upstream.password_file``,
+``upstream.sslrootcert``, ``server.run_dir``) are resolved against the directory holding
+the configuration file, so a configuration means the same thing whatever the working
+directory of the process that loads it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from gateway.identity.static_secrets import parse_secret_hash
+
+__all__ = [
+    "ClientEntry",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "LogConfig",
+    "ServerConfig",
+    "TlsConfig",
+    "UpstreamConfig",
+    "load_config",
+]
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Listener, process model and per-connection resource limits."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6432
+    workers: int = 0  # 0 = os.cpu_count()
+    backlog: int = 1024
+    max_client_connections: int = 10000  # per worker
+    startup_timeout: float = 10.0
+    graceful_timeout: float = 30.0
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 30.0
+    max_message_size: int = GIB
+    write_buffer_high: int = 262144
+    write_buffer_low: int = 65536
+    run_dir: str = ""  # "" = a private temp dir made by the supervisor
+    gateway_id: str = ""  # "" = hostname
+
+
+class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """TLS termination for client connections."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    require_tls: bool = True
+    allow_plaintext_loopback: bool = False
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+
+
+class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The PostgreSQL server behind the gateway and where its credential lives."""
+
+    host: str = "127.0.0.1"  # hostname/IP, or an absolute directory of a unix socket
+    port: int = 5432
+    user: str
+    password_env: str = ""
+    password_file: str = ""
+    database: str = ""  # "" = the database the client asks for
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslrootcert: str = ""
+    connect_timeout: float = 10.0
+
+
+class ClientEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A legacy client authenticating with a static secret (stored as a scrypt hash)."""
+
+    user: str
+    secret_hash: str
+    label: str = ""
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Log verbosity and output format."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The whole configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    tls: TlsConfig = TlsConfig()
+    upstream: UpstreamConfig
+    clients: list[ClientEntry] = []
+    log: LogConfig = LogConfig()
+
+    def effective_workers(self) -> int:
+        """Number of worker processes to fork: ``server.workers``, or one per CPU if 0."""
+        return self.server.workers or os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a configuration file. ``line`` is 1-based; 0 means "whole file"."""
+
+    file: str
+    line: int
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line > 0 else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        # args holds the issues themselves, so the error survives pickling intact.
+        super().__init__(self.issues)
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.issues)
+
+
+# --------------------------------------------------------------------------- locator
+
+KeyPath = tuple[str | int, ...]
+
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
+_DOTTED_KEY = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
+_ARRAY_HEADER = re.compile(rf"^\s*\[\[\s*({_DOTTED_KEY})\s*\]\]")
+_TABLE_HEADER = re.compile(rf"^\s*\[\s*({_DOTTED_KEY})\s*\]")
+_KEY_LINE = re.compile(rf"^\s*({_DOTTED_KEY})\s*=")
+_KEY_PART_RE = re.compile(_KEY_PART)
+# Strings and comments are blanked out before counting brackets, so that a "[" inside a
+# value does not look like the start of a multi-line array.
+_STRINGS_AND_COMMENT = re.compile(r""""(?:[^"\\]|\\.)*"|'[^']*'|#.*$""")
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$|\s*\(at end of document\)\s*$")
+_MSGSPEC_PATH_SUFFIX = re.compile(r" - at `\$[^`]*`$")
+_MSGSPEC_PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _split_key(dotted: str) -> list[str]:
+    parts = []
+    for raw in _KEY_PART_RE.findall(dotted):
+        # Basic-string escapes in keys are vanishingly rare in a config file; unquoting
+        # without unescaping is enough to match the key msgspec reports.
+        parts.append(raw[1:-1] if raw[:1] in "\"'" else raw)
+    return parts
+
+
+class _Locator:
+    """Maps key paths (``("clients", 1, "user")``) to the line that defines them.
+
+    A line scanner, not a TOML parser: it follows ``[table]`` and ``[[array]]`` headers
+    (counting array elements so ``clients[1]`` finds the second ``[[clients]]``) and
+    ``key =`` lines, skipping the inside of multi-line strings and arrays. The document has
+    already been parsed by tomllib, so it only has to be right for valid TOML, and when it
+    does not know, callers fall back to the enclosing table's line and then to line 1.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[KeyPath, int] = {}
+        self.keys_by_line: dict[int, KeyPath] = {}
+        self.duplicate_lines: list[int] = []
+        self._scan(text)
+
+    def _record(self, path: KeyPath, lineno: int) -> None:
+        if path in self.lines:
+            self.duplicate_lines.append(lineno)
+        else:
+            self.lines[path] = lineno
+
+    def _resolve(self, keys: list[str], counters: dict[KeyPath, int]) -> KeyPath:
+        # A header names its parents by key only; a parent that is an array of tables
+        # means "its most recent element".
+        path: KeyPath = ()
+        for key in keys:
+            path = (*path, key)
+            if path in counters:
+                path = (*path, counters[path] - 1)
+        return path
+
+    def _scan(self, text: str) -> None:
+        counters: dict[KeyPath, int] = {}
+        table: KeyPath = ()
+        in_string: str | None = None
+        depth = 0
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if in_string is not None:
+                if line.count(in_string) % 2 == 1:
+                    in_string = None
+                continue
+            if depth == 0:
+                if m := _ARRAY_HEADER.match(line):
+                    keys = _split_key(m.group(1))
+                    array = (*self._resolve(keys[:-1], counters), keys[-1])
+                    counters[array] = counters.get(array, 0) + 1
+                    table = (*array, counters[array] - 1)
+                    self.lines.setdefault(array, lineno)
+                    self._record(table, lineno)
+                    continue
+                if m := _TABLE_HEADER.match(line):
+                    table = self._resolve(_split_key(m.group(1)), counters)
+                    self._record(table, lineno)
+                    continue
+                if m := _KEY_LINE.match(line):
+                    keys = _split_key(m.group(1))
+                    for i in range(1, len(keys)):
+                        self.lines.setdefault((*table, *keys[:i]), lineno)
+                    path = (*table, *keys)
+                    self._record(path, lineno)
+                    self.keys_by_line[lineno] = path
+            for delimiter in ('"""', "'''"):
+                if line.count(delimiter) % 2 == 1:
+                    in_string = delimiter
+                    break
+            if in_string is None:
+                value = line.split("=", 1)[1] if depth == 0 and "=" in line else line
+                bare = _STRINGS_AND_COMMENT.sub("", value)
+                opened = bare.count("[") + bare.count("{")
+                closed = bare.count("]") + bare.count("}")
+                depth = max(0, depth + opened - closed)
+
+    def line_of(self, path: KeyPath) -> int:
+        """Line of ``path``, else of its nearest enclosing key or table, else 1."""
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.lines:
+                return self.lines[path[:n]]
+        return 1
+
+
+def _format_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _msgspec_message(exc: msgspec.ValidationError) -> str:
+    """msgspec's message without its ``- at `$.path``` suffix (we print the key) or
+    backticks: ``Expected `int`, got `str``` -> ``Expected int, got str``."""
+    return _MSGSPEC_PATH_SUFFIX.sub("", str(exc)).replace("`", "")
+
+
+def _parse_msgspec_path(message: str) -> KeyPath:
+    """``"... - at `$.clients[1].user`"`` -> ``("clients", 1, "user")``."""
+    m = re.search(r" - at `\$([^`]*)`$", message)
+    if not m:
+        return ()
+    return tuple(
+        name if name else int(index) for name, index in _MSGSPEC_PATH_TOKEN.findall(m.group(1))
+    )
+
+
+# --------------------------------------------------------------------------- shape checks
+
+
+def _toml_type_name(value: object) -> str:
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def _struct_type(tp: object) -> type[msgspec.Struct] | None:
+    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _shape_issues(value: object, tp: object, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    """Every unknown key, missing key and wrong type under ``path``.
+
+    msgspec stops at the first error; an operator fixing a file wants all of them at once,
+    so after a failed decode this walks the parsed document against the schema.
+    """
+    struct = _struct_type(tp)
+    if struct is not None:
+        if not isinstance(value, dict):
+            yield path, f"expected a table, got {_toml_type_name(value)}"
+            return
+        fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+        for key in value:
+            if key not in fields:
+                hint = difflib.get_close_matches(key, fields, n=1)
+                suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                yield (*path, key), f"unknown key {key!r}{suffix}"
+        for name, field in fields.items():
+            if name in value:
+                yield from _shape_issues(value[name], field.type, (*path, name))
+            elif field.required:
+                what = "table" if _struct_type(field.type) else "key"
+                yield (*path, name), f"missing required {what} {name!r}"
+        return
+    if typing.get_origin(tp) is list and _struct_type(typing.get_args(tp)[0]):
+        if not isinstance(value, list):
+            yield path, f"expected an array of tables, got {_toml_type_name(value)}"
+            return
+        for index, item in enumerate(value):
+            yield from _shape_issues(item, typing.get_args(tp)[0], (*path, index))
+        return
+    try:
+        msgspec.convert(value, type=tp)
+    except msgspec.ValidationError as exc:
+        yield path, _msgspec_message(exc)
+
+
+# --------------------------------------------------------------------------- semantic checks
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _readable_file_issue(path: str) -> str | None:
+    # Opening the file is the only honest readability test (os.access ignores ACLs and
+    # capabilities); the contents are loaded later by whoever needs them.
+    try:
+        with open(path, "rb"):
+            pass
+    except IsADirectoryError:
+        return f"{path} is a directory, not a file"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
+    s, t, u = cfg.server, cfg.tls, cfg.upstream
+
+    for path, port in ((("server", "listen_port"), s.listen_port), (("upstream", "port"), u.port)):
+        if not 1 <= port <= 65535:
+            yield path, f"port must be between 1 and 65535, got {port}"
+    if not s.listen_host:
+        yield ("server", "listen_host"), "must not be empty"
+    if s.workers < 0:
+        yield ("server", "workers"), f"must be >= 0 (0 = one per CPU), got {s.workers}"
+    for name in ("backlog", "max_client_connections"):
+        if getattr(s, name) < 1:
+            yield ("server", name), f"must be >= 1, got {getattr(s, name)}"
+    for name in ("startup_timeout", "graceful_timeout", "heartbeat_interval", "heartbeat_timeout"):
+        if not getattr(s, name) > 0:
+            yield ("server", name), f"must be a positive number of seconds, got {getattr(s, name)}"
+    if s.heartbeat_interval > 0 and 0 < s.heartbeat_timeout <= s.heartbeat_interval:
+        # A worker is only declared dead after missing several beats.
+        yield (
+            ("server", "heartbeat_timeout"),
+            f"must be greater than heartbeat_interval ({s.heartbeat_interval})",
+        )
+    if not MIB <= s.max_message_size <= GIB:
+        yield (
+            ("server", "max_message_size"),
+            f"must be between {MIB} (1 MiB) and {GIB} (1 GiB), got {s.max_message_size}",
+        )
+    if s.write_buffer_low < 0:
+        yield ("server", "write_buffer_low"), f"must be >= 0, got {s.write_buffer_low}"
+    if s.write_buffer_low >= s.write_buffer_high:
+        yield (
+            ("server", "write_buffer_low"),
+            f"must be less than write_buffer_high ({s.write_buffer_high}), "
+            f"got {s.write_buffer_low}",
+        )
+
+    if bool(t.cert_file) != bool(t.key_file):
+        missing = "key_file" if t.cert_file else "cert_file"
+        yield ("tls", missing), "cert_file and key_file must be set together"
+    for name in ("cert_file", "key_file"):
+        if getattr(t, name) and (problem := _readable_file_issue(getattr(t, name))):
+            yield ("tls", name), problem
+    if t.require_tls and not (t.cert_file and t.key_file):
+        if not t.allow_plaintext_loopback:
+            yield (
+                ("tls", "require_tls"),
+                "require_tls is true but cert_file/key_file are not set "
+                "(set them, or allow_plaintext_loopback with a loopback listen_host)",
+            )
+        elif not _is_loopback(s.listen_host):
+            yield (
+                ("tls", "require_tls"),
+                "require_tls is true without cert_file/key_file; allow_plaintext_loopback "
+                f"only covers a loopback listen_host, not {s.listen_host!r}",
+            )
+
+    if not u.host:
+        yield ("upstream", "host"), "must not be empty"
+    elif "/" in u.host and not os.path.isabs(u.host):
+        yield ("upstream", "host"), "a unix socket directory must be an absolute path"
+    if not u.user:
+        yield ("upstream", "user"), "must not be empty"
+    if u.password_env and u.password_file:
+        yield ("upstream", "password_file"), "set at most one of password_env and password_file"
+    if not u.connect_timeout > 0:
+        yield (
+            ("upstream", "connect_timeout"),
+            f"must be a positive number of seconds, got {u.connect_timeout}",
+        )
+    if u.sslrootcert and (problem := _readable_file_issue(u.sslrootcert)):
+        yield ("upstream", "sslrootcert"), problem
+
+    seen: dict[str, int] = {}
+    for index, client in enumerate(cfg.clients):
+        if not client.user:
+            yield ("clients", index, "user"), "must not be empty"
+        elif client.user in seen:
+            yield (
+                ("clients", index, "user"),
+                f"duplicate client user {client.user!r} (also clients[{seen[client.user]}])",
+            )
+        else:
+            seen[client.user] = index
+        try:
+            parse_secret_hash(client.secret_hash)
+        except ValueError as exc:
+            yield ("clients", index, "secret_hash"), str(exc)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resolve_paths(cfg: Config, base: str) -> Config:
+    def resolve(p: str) -> str:
+        return os.path.normpath(os.path.join(base, os.path.expanduser(p))) if p else p
+
+    replace = msgspec.structs.replace
+    return replace(
+        cfg,
+        server=replace(cfg.server, run_dir=resolve(cfg.server.run_dir)),
+        tls=replace(
+            cfg.tls, cert_file=resolve(cfg.tls.cert_file), key_file=resolve(cfg.tls.key_file)
+        ),
+        upstream=replace(
+            cfg.upstream,
+            password_file=resolve(cfg.upstream.password_file),
+            sslrootcert=resolve(cfg.upstream.sslrootcert),
+        ),
+    )
+
+
+def _syntax_issue(file: str, text: str, exc: Exception) -> ConfigIssue:
+    message = str(exc)
+    m = _TOML_POSITION.search(message)
+    locator = _Locator(text)
+    if m and m.group(1):
+        line = int(m.group(1))
+    elif "overwrite" in message and locator.duplicate_lines:
+        # tomllib reports duplicate keys "at end of document"; the scanner saw where.
+        line = locator.duplicate_lines[0]
+    else:
+        line = 1
+    message = _TOML_POSITION.sub("", message) if m else message
+    key = locator.keys_by_line.get(line)
+    return ConfigIssue(file, line, _format_path(key) if key else "", f"invalid TOML: {message}")
+
+
+def _issues(file: str, locator: _Locator, found: list[tuple[KeyPath, str]]) -> list[ConfigIssue]:
+    located = [ConfigIssue(file, locator.line_of(p), _format_path(p), msg) for p, msg in found]
+    # In file order, as an operator reads and fixes them; sorted() is stable, so issues
+    # on the same line keep the order in which the checks found them.
+    return sorted(located, key=lambda issue: issue.line)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, decode and validate the TOML file at ``path``.
+
+    Raises ``ConfigError`` listing every problem found (unreadable file, TOML syntax,
+    unknown keys, wrong types, and cross-field rules).
+    """
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue(file, 0, "", f"cannot read: {exc.strerror or exc}")]
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(file, line, "", "file is not valid UTF-8")]) from None
+
+    try:
+        decoded = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        locator = _Locator(text)
+        found = list(_shape_issues(tomllib.loads(text), Config, ()))
+        if not found:  # the walk mirrors msgspec's rules; never lose msgspec's own error
+            found = [(_parse_msgspec_path(str(exc)), _msgspec_message(exc))]
+        raise ConfigError(_issues(file, locator, found)) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError([_syntax_issue(file, text, exc)]) from None
+
+    cfg = _resolve_paths(decoded, os.path.dirname(os.path.abspath(file)))
+    problems = list(_semantic_issues(cfg))
+    if problems:
+        locator = _Locator(text)
+        raise ConfigError(_issues(file, locator, problems))
+    return cfg
