@@ -170,7 +170,7 @@ class Framer:
             if not self.watch[msg_type]:
                 out.append(bytes(pending))
                 pending.clear()
-                remaining = length - 4
+                remaining: int = length - 4
                 available = n - pos
                 if remaining > available:
                     if available:

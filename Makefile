@@ -1,0 +1,16 @@
+# The two commands of the README. Both set up everything they need first.
+.PHONY: bootstrap demo test lint bench
+
+bootstrap:
+	./scripts/bootstrap
+
+# pgwarden in front of a throwaway local PostgreSQL; prints the psql connection string.
+demo: bootstrap
+	pgwarden demo
+
+# The whole test suite (unit, end-to-end against a real PostgreSQL, ruff, mypy --strict).
+test: bootstrap
+	python3 -m pytest
+
+bench: bootstrap
+	python3 -m benchmarks.compare

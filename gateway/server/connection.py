@@ -1,0 +1,428 @@
+"""One client connection: startup, TLS, client authentication, upstream session, relay.
+
+The client side is an ``asyncio.Protocol`` using ``data_received``: once the session is
+established each received ``bytes`` object goes straight into the session's relay, which
+forwards it upstream — usually as the very same object (see PERFORMANCE.md for why this
+beat ``BufferedProtocol`` here).
+
+Phases: STARTUP (untyped packets: SSLRequest, GSSENCRequest, CancelRequest,
+StartupMessage) → AUTH (one PasswordMessage) → CONNECTING (upstream handshake) →
+RELAY → CLOSED. Any protocol violation is answered with a FATAL ErrorResponse carrying
+its SQLSTATE and closes this connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import ipaddress
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING, cast
+
+from gateway.identity.authenticate import AuthenticationFailed
+from gateway.server.startup_params import StartupParamError, upstream_params
+from gateway.server.upstream import UpstreamError, UpstreamSession, open_upstream
+from gateway.session.relay import Relay
+from gateway.wire import backend
+from gateway.wire.errors import ProtocolViolation
+from gateway.wire.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    decode_startup,
+)
+
+if TYPE_CHECKING:
+    from gateway.server.context import WorkerContext
+
+log = logging.getLogger("pgwarden.connection")
+
+_INT32 = struct.Struct("!I")
+_HEADER = struct.Struct("!BI")
+# PostgreSQL's MAX_STARTUP_PACKET_LENGTH.
+_MAX_STARTUP_PACKET = 10000
+# Passwords today, bearer tokens later: generous, but bounded before any is buffered.
+_MAX_PASSWORD_MESSAGE = 65536
+_TERMINATE = b"X\x00\x00\x00\x04"
+
+
+class Phase(enum.Enum):
+    STARTUP = "startup"
+    TLS = "tls"
+    AUTH = "auth"
+    CONNECTING = "connecting"
+    RELAY = "relay"
+    CLOSED = "closed"
+
+
+class ClientConnection(asyncio.Protocol):
+    """A client socket and, once authenticated, its upstream session."""
+
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.phase = Phase.STARTUP
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.loopback = False
+        self.tls = False
+        self.relay: Relay | None = None
+        self.upstream: UpstreamSession | None = None
+        self.params: dict[str, str] = {}
+        self.client_user = ""
+        self.client_database = ""
+        self.key: tuple[int, int] | None = None
+        self._buf = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        # A property rather than inline checks: the phase changes across awaits.
+        return self.phase is Phase.CLOSED
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        client = cast(asyncio.Transport, transport)
+        self.transport = client
+        peer = client.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+            with contextlib.suppress(ValueError):
+                self.loopback = ipaddress.ip_address(peer[0]).is_loopback
+        sock = client.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        cfg = self.ctx.config.server
+        client.set_write_buffer_limits(high=cfg.write_buffer_high, low=cfg.write_buffer_low)
+        if not self.ctx.admit(self):
+            self._fatal("53300", "sorry, too many clients already")
+            return
+        self._timer = asyncio.get_running_loop().call_later(
+            cfg.startup_timeout, self._startup_timed_out
+        )
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            try:
+                relay.client_data(data)
+            except ProtocolViolation as exc:
+                self._violation(exc)
+            return
+        if self.phase in (Phase.STARTUP, Phase.AUTH, Phase.CONNECTING):
+            self._buf += data
+            if self.phase is Phase.STARTUP:
+                self._process_startup()
+            elif self.phase is Phase.AUTH and self._task is None:
+                self._process_auth()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.phase
+        self.phase = Phase.CLOSED
+        self._cancel_timer()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.ctx.release(self)
+        if self.relay is not None:
+            self.relay.close("client disconnected" if exc is None else f"client error: {exc}")
+        if self.upstream is not None:
+            upstream = self.upstream.transport
+            if not upstream.is_closing():
+                if previous is Phase.RELAY and self.relay is not None and self.relay.idle:
+                    # A polite goodbye lets the backend exit without logging an EOF error.
+                    upstream.write(_TERMINATE)
+                upstream.close()
+
+    def pause_writing(self) -> None:
+        # The client is slow: stop reading the server until the client catches up.
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.transport.is_closing():
+            self.upstream.transport.resume_reading()
+
+    # -- startup ------------------------------------------------------------------------
+
+    def _process_startup(self) -> None:
+        buf = self._buf
+        if len(buf) < 4:
+            return
+        (length,) = _INT32.unpack_from(buf, 0)
+        if length < 8 or length > _MAX_STARTUP_PACKET:
+            self._violation(ProtocolViolation(f"invalid length of startup packet: {length}"))
+            return
+        if len(buf) < length:
+            return
+        try:
+            packet = decode_startup(bytes(buf[4:length]))
+        except ProtocolViolation as exc:
+            self._violation(exc)
+            return
+        del buf[:length]
+        if isinstance(packet, SSLRequest):
+            self._on_ssl_request()
+        elif isinstance(packet, GSSENCRequest):
+            self._write(b"N")
+            self._continue_startup()
+        elif isinstance(packet, CancelRequest):
+            self.ctx.route_cancel(packet.pid, packet.secret)
+            self._close()
+        elif isinstance(packet, StartupMessage):
+            self._on_startup_message(packet)
+
+    def _continue_startup(self) -> None:
+        if self._buf and self.phase is Phase.STARTUP:
+            self._process_startup()
+
+    def _on_ssl_request(self) -> None:
+        if self._buf:
+            # Bytes after SSLRequest, before the handshake, would be processed as if
+            # they came over TLS (CVE-2021-23214): refuse them.
+            self._violation(ProtocolViolation("received unencrypted data after SSL request"))
+            return
+        ctx = self.ctx.server_ssl
+        if self.tls or ctx is None:
+            self._write(b"N")
+            return
+        self._write(b"S")
+        self.phase = Phase.TLS
+        self._task = asyncio.get_running_loop().create_task(self._start_tls(ctx))
+
+    async def _start_tls(self, ctx: object) -> None:
+        import ssl
+
+        assert isinstance(ctx, ssl.SSLContext) and self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.peer, exc)
+            self._close(abort=True)
+            return
+        finally:
+            self._task = None
+        if new is None or self.phase is Phase.CLOSED:
+            return
+        self.transport = new
+        self.tls = True
+        self.phase = Phase.STARTUP
+        self._continue_startup()
+
+    def _on_startup_message(self, msg: StartupMessage) -> None:
+        if self._buf:
+            self._violation(ProtocolViolation("unexpected data after startup packet"))
+            return
+        if msg.minor != 0 or any(k.startswith("_pq_.") for k in msg.params):
+            options = sorted(k for k in msg.params if k.startswith("_pq_."))
+            self._write(backend.negotiate_protocol_version(0, options))
+        tls_cfg = self.ctx.config.tls
+        if not self.tls and tls_cfg.require_tls and not (
+            tls_cfg.allow_plaintext_loopback and self.loopback
+        ):
+            self._fatal(
+                "28000",
+                "pgwarden requires an encrypted connection: connect with sslmode=require",
+            )
+            return
+        try:
+            self.params = upstream_params(msg.params)
+        except StartupParamError as exc:
+            self._fatal(exc.sqlstate, exc.message)
+            return
+        self.client_user = msg.params["user"]
+        self.client_database = msg.params.get("database") or self.client_user
+        self.phase = Phase.AUTH
+        self._write(backend.AUTH_CLEARTEXT)
+
+    # -- authentication -----------------------------------------------------------------
+
+    def _process_auth(self) -> None:
+        buf = self._buf
+        if len(buf) < 5:
+            return
+        msg_type, length = _HEADER.unpack_from(buf, 0)
+        if msg_type != ord("p"):
+            self._violation(
+                ProtocolViolation(f"expected password response, got message type {msg_type}")
+            )
+            return
+        if length < 5 or length > _MAX_PASSWORD_MESSAGE:
+            self._violation(ProtocolViolation(f"invalid password packet size {length}"))
+            return
+        if len(buf) < 1 + length:
+            return
+        body = bytes(buf[5 : 1 + length])
+        del buf[: 1 + length]
+        if body[-1:] != b"\x00" or b"\x00" in body[:-1]:
+            self._violation(ProtocolViolation("invalid password packet: malformed string"))
+            return
+        try:
+            password = body[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            self._violation(
+                ProtocolViolation('invalid byte sequence for encoding "UTF8"', "22021")
+            )
+            return
+        self.phase = Phase.CONNECTING
+        self._task = asyncio.get_running_loop().create_task(self._authenticate(password))
+
+    async def _authenticate(self, password: str) -> None:
+        ctx = self.ctx
+        try:
+            principal = await ctx.authenticator.authenticate(
+                self.client_user, password, self.peer
+            )
+        except AuthenticationFailed as exc:
+            log.info("authentication failed for user %r from %s", self.client_user, self.peer)
+            self._fatal(exc.sqlstate, exc.message)
+            return
+        finally:
+            del password
+        if self.closed:
+            return
+        upstream_cfg = ctx.config.upstream
+        params = dict(self.params)
+        params["user"] = upstream_cfg.user
+        params["database"] = upstream_cfg.database or self.client_database
+        try:
+            session = await open_upstream(
+                upstream_cfg,
+                params,
+                ctx.upstream_password,
+                write_buffer_high=ctx.config.server.write_buffer_high,
+                write_buffer_low=ctx.config.server.write_buffer_low,
+            )
+        except UpstreamError as exc:
+            log.warning("upstream session for %s failed: %s", principal.subject, exc.detail)
+            if exc.raw_error is not None:
+                self._write(_message(b"E", exc.raw_error))
+                self._close()
+            else:
+                self._fatal(exc.sqlstate, exc.client_message)
+            return
+        if self.closed:
+            session.transport.close()
+            return
+        self._task = None
+        self._attach(session)
+
+    def _attach(self, session: UpstreamSession) -> None:
+        assert self.transport is not None
+        self.upstream = session
+        self.key = self.ctx.register_session(self, session)
+        proto = session.protocol
+        client = self.transport
+        relay = Relay(
+            client,
+            session.transport,
+            self.ctx.hooks_for(self),
+            max_message_size=self.ctx.config.server.max_message_size,
+            tx_status=session.tx_status,
+        )
+        self.relay = relay
+        proto.relay = relay
+        proto.on_lost = self._upstream_lost
+        proto.on_relay_error = self._upstream_violation
+        proto.on_pause_writing = client.pause_reading
+        proto.on_resume_writing = self._resume_client_reading
+        greeting = [backend.AUTH_OK, *session.startup_messages]
+        greeting.append(backend.backend_key_data(*self.key))
+        greeting.append(backend.ready_for_query(bytes([session.tx_status])))
+        client.writelines(greeting)
+        self._cancel_timer()
+        self.phase = Phase.RELAY
+        leftover = proto.take_leftover()
+        if leftover:
+            proto.data_received(leftover)
+        if self._buf:
+            early = bytes(self._buf)
+            self._buf.clear()
+            self.data_received(early)
+
+    def _resume_client_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # -- upstream events ----------------------------------------------------------------
+
+    def _upstream_lost(self, exc: BaseException | None) -> None:
+        if self.phase is Phase.CLOSED or self.transport is None:
+            return
+        if exc is not None:
+            log.info("upstream connection of %s lost: %s", self.peer, exc)
+        # PostgreSQL sends its own FATAL before closing when it can; forward the close.
+        self.transport.close()
+
+    def _upstream_violation(self, exc: ProtocolViolation) -> None:
+        log.error("protocol violation from upstream: %s", exc.message)
+        if self.upstream is not None:
+            self.upstream.transport.abort()
+        self._fatal("08P01", f"pgwarden: upstream protocol violation: {exc.message}")
+
+    # -- control ------------------------------------------------------------------------
+
+    def cancel_upstream(self) -> None:
+        """Cancel the query running in this session's backend (CancelRequest routed here)."""
+        if self.upstream is not None:
+            self.ctx.spawn_cancel(self.upstream.backend_pid, self.upstream.backend_secret)
+
+    def shutdown(self, sqlstate: str, message: str) -> None:
+        """Close this session now, telling the client why (drain, fast stop)."""
+        if self.phase is Phase.CLOSED:
+            return
+        if self.upstream is not None and not self.upstream.transport.is_closing():
+            self.upstream.transport.write(_TERMINATE)
+            self.upstream.transport.close()
+        self._fatal(sqlstate, message)
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _startup_timed_out(self) -> None:
+        self._timer = None
+        if self.phase is not Phase.RELAY and self.phase is not Phase.CLOSED:
+            log.info("startup timeout for %s in phase %s", self.peer, self.phase.value)
+            self._fatal("08006", "pgwarden: timeout expired during connection startup")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        log.info("protocol violation from %s: %s", self.peer, exc.message)
+        if self.upstream is not None:
+            # The upstream stream may have been cut mid-message: it cannot be reused.
+            self.upstream.transport.abort()
+        self._fatal(exc.sqlstate, exc.message)
+
+    def _fatal(self, sqlstate: str, message: str) -> None:
+        self._write(backend.fatal(sqlstate, message))
+        self._close()
+
+    def _close(self, abort: bool = False) -> None:
+        if self.transport is None:
+            return
+        self.relay = None if self.phase is not Phase.RELAY else self.relay
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+def _message(msg_type: bytes, body: bytes) -> bytes:
+    return msg_type + _INT32.pack(len(body) + 4) + body

@@ -1,0 +1,83 @@
+"""Shared fixtures: a real PostgreSQL cluster and real pgwarden processes in front of it.
+
+The cluster is started once per test session from the Debian binaries (initdb into a
+temp dir, SCRAM authentication). ``start_gateway`` runs ``pgwarden serve`` as a separate
+process (supervisor + forked workers) with a generated configuration, so the end-to-end
+tests exercise exactly what a user runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.devcluster import PgCluster, free_port, make_self_signed_cert
+from tests.support import (
+    DATABASE,
+    UPSTREAM_PASSWORD,
+    UPSTREAM_USER,
+    Gateway,
+    wait_listening,
+    write_config,
+)
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    cluster = PgCluster(tmp_path_factory.mktemp("pg"))
+    cluster.start()
+    try:
+        cluster.create_role(UPSTREAM_USER, UPSTREAM_PASSWORD)
+        cluster.create_database(DATABASE, owner=UPSTREAM_USER)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def start_gateway(
+    pg: PgCluster,
+    tls_files: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+    cert, key = tls_files
+
+    def start(**options: Any) -> Gateway:
+        base = tmp_path_factory.mktemp("gw")
+        password_file = base / "upstream-password"
+        password_file.write_text(UPSTREAM_PASSWORD + "\n")
+        password_file.chmod(0o600)
+        port = free_port()
+        config_path = base / "pgwarden.toml"
+        write_config(config_path, pg, port, cert, key, password_file, **options)
+        log_path = base / "pgwarden.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        gw = Gateway(proc, port, config_path, log_path, cert)
+        started.append(gw)
+        wait_listening(port, proc, log_path)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
+    """The shared gateway: 2 workers, TLS available, plaintext allowed on loopback."""
+    return start_gateway()

@@ -1,0 +1,217 @@
+"""Constants and helpers shared by the end-to-end tests (imported by conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.devcluster import PgCluster
+from gateway.identity.static_secrets import hash_secret
+
+UPSTREAM_USER = "app"
+UPSTREAM_PASSWORD = "upstream-Secret-7d1f0c"  # must never reach a client or a log
+CLIENT_USER = "job"
+CLIENT_SECRET = "client-secret-42"
+DATABASE = "app"
+
+
+@dataclass
+class Gateway:
+    """A running ``pgwarden serve`` process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    config_path: Path
+    log_path: Path
+    cert: Path
+    host: str = "127.0.0.1"
+    user: str = CLIENT_USER
+    secret: str = CLIENT_SECRET
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def dsn(self, sslmode: str = "require", **kw: str) -> str:
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "user": self.user,
+            "password": self.secret,
+            "dbname": DATABASE,
+            "sslmode": sslmode,
+        }
+        parts.update(kw)
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+    def env(self, sslmode: str = "require") -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PGHOST=self.host, PGPORT=str(self.port), PGUSER=self.user,
+            PGPASSWORD=self.secret, PGDATABASE=DATABASE, PGSSLMODE=sslmode,
+        )
+        return env
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+        ).stdout
+        return [int(p) for p in out.split()]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"pgwarden exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"pgwarden did not listen on {port}:\n{log.read_text()}")
+
+
+def write_config(
+    path: Path,
+    pg: PgCluster,
+    port: int,
+    cert: Path,
+    key: Path,
+    password_file: Path,
+    *,
+    workers: int = 2,
+    heartbeat_timeout: float = 10.0,
+    server_extra: str = "",
+    tls_extra: str = "allow_plaintext_loopback = true",
+    upstream_extra: str = 'sslmode = "prefer"',
+) -> None:
+    path.write_text(
+        f"""
+[server]
+listen_host = "127.0.0.1"
+listen_port = {port}
+workers = {workers}
+heartbeat_interval = 0.5
+heartbeat_timeout = {heartbeat_timeout}
+graceful_timeout = 10.0
+{server_extra}
+
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+require_tls = true
+{tls_extra}
+
+[upstream]
+host = "{pg.host}"
+port = {pg.port}
+user = "{UPSTREAM_USER}"
+password_file = "{password_file}"
+{upstream_extra}
+
+[log]
+level = "debug"
+
+[[clients]]
+user = "{CLIENT_USER}"
+secret_hash = "{hash_secret(CLIENT_SECRET)}"
+"""
+    )
+
+
+
+
+class RawClient:
+    """A byte-level PostgreSQL client for sending what no driver would send."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def startup(self, user: str = CLIENT_USER, database: str = DATABASE, **params: str) -> None:
+        body = b"\x00\x03\x00\x00"
+        for key, value in {"user": user, "database": database, **params}.items():
+            body += key.encode() + b"\x00" + value.encode() + b"\x00"
+        body += b"\x00"
+        self.send(len(body + b"1234").to_bytes(4, "big") + body)
+
+    def _fill(self, n: int) -> bool:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return False
+            self.buf += chunk
+        return True
+
+    def read_message(self) -> tuple[bytes, bytes] | None:
+        """The next (type, body), or None when the server closed the connection."""
+        if not self._fill(5):
+            return None
+        length = int.from_bytes(self.buf[1:5], "big")
+        if not self._fill(1 + length):
+            return None
+        msg_type, body = self.buf[:1], self.buf[5 : 1 + length]
+        self.buf = self.buf[1 + length :]
+        return msg_type, body
+
+    def read_until(self, msg_type: bytes) -> list[tuple[bytes, bytes]]:
+        seen = []
+        while True:
+            msg = self.read_message()
+            if msg is None:
+                return seen
+            seen.append(msg)
+            if msg[0] == msg_type:
+                return seen
+
+    def login(self, secret: str = CLIENT_SECRET) -> list[tuple[bytes, bytes]]:
+        self.startup()
+        assert self.read_message() == (b"R", b"\x00\x00\x00\x03")
+        self.send(message(b"p", secret.encode() + b"\x00"))
+        return self.read_until(b"Z")
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except (ConnectionResetError, TimeoutError):
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def message(msg_type: bytes, body: bytes = b"") -> bytes:
+    return msg_type + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    return {
+        chr(part[0]): part[1:].decode()
+        for part in body.split(b"\x00")
+        if part
+    }
