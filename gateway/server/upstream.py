@@ -25,7 +25,6 @@ import scramp
 
 from gateway.config import UpstreamConfig
 from gateway.session.relay import Relay
-from gateway.wire.errors import ProtocolViolation
 
 log = logging.getLogger("pgwarden.upstream")
 
@@ -81,7 +80,6 @@ class UpstreamProtocol(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._closed: BaseException | None = None
         self.on_lost: Callable[[BaseException | None], None] | None = None
-        self.on_relay_error: Callable[[ProtocolViolation], None] | None = None
         self.on_pause_writing: Callable[[], None] | None = None
         self.on_resume_writing: Callable[[], None] | None = None
 
@@ -90,13 +88,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        relay = self.relay
-        if relay is not None:
-            try:
-                relay.server_data(data)
-            except ProtocolViolation as exc:
-                if self.on_relay_error is not None:
-                    self.on_relay_error(exc)
+        # During the handshake only; the relay then takes reads directly.
+        if self.relay is not None:
+            self.relay.server_data(data)
             return
         self._buf += data
         self._wake()

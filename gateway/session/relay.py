@@ -15,11 +15,12 @@ transports in production, lists in tests) and never touches sockets itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.session.hooks import SessionHooks
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.framer import DEFAULT_MAX_MESSAGE_SIZE, Chunk, Framer, watch_table
+from gateway.wire.framer import DEFAULT_MAX_MESSAGE_SIZE, Chunk, Framer, action_table
 from gateway.wire.states import (
     BACKEND_TYPES,
     FRONTEND_TYPES,
@@ -29,7 +30,7 @@ from gateway.wire.states import (
     next_phase,
 )
 
-_Q, _P, _S, _F, _X = (ord(c) for c in "QPSFX")
+_Q, _P, _F, _X = (ord(c) for c in "QPFX")
 _Z, _PARAM_STATUS = ord("Z"), ord("S")
 
 
@@ -37,12 +38,16 @@ def _invalid_types(valid: bytes) -> bytes:
     return bytes(t for t in range(256) if t not in valid)
 
 
-# Frontend: statements (for the hooks), Sync and FunctionCall (each gets one
-# ReadyForQuery, so they count towards what is in flight), Terminate, and every type that
-# is not valid after startup (so that the handler can refuse it).
-_FRONTEND_WATCH = watch_table(b"QPSFX" + _invalid_types(FRONTEND_TYPES))
-# Backend: ReadyForQuery, the COPY phase changes, ParameterStatus, and invalid types.
-_BACKEND_WATCH = watch_table(b"ZGHWcS" + _invalid_types(BACKEND_TYPES))
+# Frontend. Pure forwarding only needs to count Query, Sync and FunctionCall (each is
+# answered by one ReadyForQuery), which the scanner does without calling back; Terminate
+# and every type that is not valid after startup are handed to the handler.
+_FRONTEND_PASSIVE = action_table(watch=b"X" + _invalid_types(FRONTEND_TYPES), request=b"QSF")
+# With active hooks, statements are watched so that the hooks can see and refuse them.
+_FRONTEND_ACTIVE = action_table(watch=b"QPFX" + _invalid_types(FRONTEND_TYPES), request=b"S")
+# Backend: ReadyForQuery counted by the scanner; the COPY phase changes, ParameterStatus
+# and invalid types watched.
+_BACKEND_PASSIVE = action_table(watch=b"GHWcS" + _invalid_types(BACKEND_TYPES), ready=b"Z")
+_BACKEND_ACTIVE = action_table(watch=b"ZGHWcS" + _invalid_types(BACKEND_TYPES))
 
 
 class Writer(Protocol):
@@ -58,13 +63,14 @@ class Relay:
         "_backend",
         "_frontend",
         "_hooks",
+        "_phase",
+        "_phase_readies",
         "client",
         "client_terminated",
+        "on_client_violation",
+        "on_server_violation",
         "parameters",
-        "pending",
-        "phase",
         "server",
-        "tx_status",
     )
 
     def __init__(
@@ -75,22 +81,57 @@ class Relay:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         tx_status: int = TX_IDLE,
+        on_client_violation: Callable[[ProtocolViolation], None] | None = None,
+        on_server_violation: Callable[[ProtocolViolation], None] | None = None,
     ) -> None:
         self.client = client
         self.server = server
+        #: Called instead of raising when a side breaks the protocol (see client_data).
+        self.on_client_violation = on_client_violation
+        self.on_server_violation = on_server_violation
         self._hooks = hooks if hooks is not None else SessionHooks()
-        # Copies of the shared tables, so that later work (policy) can watch more types
-        # in one session without touching the others.
-        self._frontend = Framer(bytearray(_FRONTEND_WATCH), max_message_size)
+        active = self._hooks.active
+        # Copies of the shared tables, so that later work (policy) can change what one
+        # session watches without touching the others.
+        self._frontend = Framer(
+            bytearray(_FRONTEND_ACTIVE if active else _FRONTEND_PASSIVE),
+            self._on_frontend,
+            max_message_size,
+        )
         # The server is trusted to respect its own limit, not ours.
-        self._backend = Framer(bytearray(_BACKEND_WATCH), DEFAULT_MAX_MESSAGE_SIZE)
-        #: Requests (Query, Sync, FunctionCall) sent upstream and not yet answered.
-        self.pending = 0
-        self.tx_status = tx_status
-        self.phase = Phase.READY
+        self._backend = Framer(
+            bytearray(_BACKEND_ACTIVE if active else _BACKEND_PASSIVE),
+            self._on_backend,
+            DEFAULT_MAX_MESSAGE_SIZE,
+        )
+        self._backend.status = tx_status
+        # The phase set by the last watched COPY boundary, and the ReadyForQuery count
+        # then: any ReadyForQuery counted since means the server is back to READY.
+        self._phase = Phase.READY
+        self._phase_readies = 0
         self.client_terminated = False
         #: ParameterStatus values as last reported by the server.
         self.parameters: dict[str, str] = {}
+
+    @property
+    def pending(self) -> int:
+        """Requests (Query, Sync, FunctionCall) sent upstream and not yet answered."""
+        return max(0, self._frontend.requests - self._backend.readies)
+
+    @property
+    def tx_status(self) -> int:
+        """Transaction status byte of the last ReadyForQuery."""
+        return self._backend.status
+
+    @property
+    def phase(self) -> Phase:
+        if self._backend.readies != self._phase_readies:
+            return Phase.READY
+        return self._phase
+
+    def _set_phase(self, phase: Phase) -> None:
+        self._phase = phase
+        self._phase_readies = self._backend.readies
 
     @property
     def idle(self) -> bool:
@@ -109,41 +150,46 @@ class Relay:
     # -- client -> server ---------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
-        """Bytes from the client. Raises ProtocolViolation on malformed input."""
-        out = self._frontend.feed(data, self._on_frontend)
-        if out:
-            if len(out) == 1:
-                self.server.write(out[0])
-            else:
-                self.server.writelines(out)
+        """Bytes from the client; usable directly as a protocol's ``data_received``.
+
+        A protocol violation is passed to ``on_client_violation`` when set (the caller
+        then closes the session), and raised otherwise.
+        """
+        try:
+            out = self._frontend.feed(data)
+        except ProtocolViolation as exc:
+            if self.on_client_violation is None:
+                raise
+            self.on_client_violation(exc)
+            return
+        if out is None:
+            self.server.write(data)
+        elif out:
+            self.server.writelines(out)
 
     def _on_frontend(self, msg_type: int, body: memoryview) -> bytes | None:
+        # Only reached for watched types: statements when hooks are active, Terminate,
+        # and invalid types.
         hooks = self._hooks
         if msg_type == _Q:
-            if hooks.active:
-                refusal = hooks.on_query(body)
-                if refusal is not None:
-                    self.client.write(refusal)
-                    return b""
-            self.pending += 1
-            return None
-        if msg_type == _S:
-            self.pending += 1
+            refusal = hooks.on_query(body)
+            if refusal is not None:
+                self.client.write(refusal)
+                return b""
+            self._frontend.requests += 1
             return None
         if msg_type == _P:
-            if hooks.active:
-                refusal = hooks.on_parse(body)
-                if refusal is not None:
-                    self.client.write(refusal)
-                    return b""
+            refusal = hooks.on_parse(body)
+            if refusal is not None:
+                self.client.write(refusal)
+                return b""
             return None
         if msg_type == _F:
-            if hooks.active:
-                refusal = hooks.on_function_call(body)
-                if refusal is not None:
-                    self.client.write(refusal)
-                    return b""
-            self.pending += 1
+            refusal = hooks.on_function_call(body)
+            if refusal is not None:
+                self.client.write(refusal)
+                return b""
+            self._frontend.requests += 1
             return None
         if msg_type == _X:
             self.client_terminated = True
@@ -153,30 +199,33 @@ class Relay:
     # -- server -> client ---------------------------------------------------------------
 
     def server_data(self, data: bytes) -> None:
-        """Bytes from the server. Raises ProtocolViolation on malformed input."""
-        out = self._backend.feed(data, self._on_backend)
-        if out:
-            if len(out) == 1:
-                self.client.write(out[0])
-            else:
-                self.client.writelines(out)
+        """Bytes from the server; the counterpart of :meth:`client_data`."""
+        try:
+            out = self._backend.feed(data)
+        except ProtocolViolation as exc:
+            if self.on_server_violation is None:
+                raise
+            self.on_server_violation(exc)
+            return
+        if out is None:
+            self.client.write(data)
+        elif out:
+            self.client.writelines(out)
 
     def _on_backend(self, msg_type: int, body: memoryview) -> bytes | None:
-        if msg_type == _Z:
-            if len(body) != 1 or body[0] not in TX_STATUSES:
-                raise ProtocolViolation("invalid ReadyForQuery message from server")
-            self.tx_status = body[0]
-            if self.pending:
-                self.pending -= 1
-            self.phase = Phase.READY
-            if self._hooks.active:
-                self._hooks.on_ready(self.tx_status)
-            return None
         if msg_type == _PARAM_STATUS:
             self._record_parameter(body)
             return None
+        if msg_type == _Z:
+            # Watched only when hooks are active; otherwise the scanner counts it.
+            if len(body) != 1 or body[0] not in TX_STATUSES:
+                raise ProtocolViolation("invalid ReadyForQuery message")
+            self._backend.readies += 1
+            self._backend.status = body[0]
+            self._hooks.on_ready(body[0])
+            return None
         if msg_type in BACKEND_TYPES:
-            self.phase = next_phase(self.phase, msg_type)
+            self._set_phase(next_phase(self.phase, msg_type))
             return None
         raise ProtocolViolation(f"invalid backend message type {msg_type}")
 
@@ -192,3 +241,12 @@ class Relay:
 
     def close(self, reason: str) -> None:
         self._hooks.on_close(reason)
+        # The framers hold bound methods of this relay: break the cycle now rather than
+        # leave the session to the cyclic garbage collector.
+        self._frontend.handler = _closed_handler
+        self._backend.handler = _closed_handler
+        self.on_client_violation = self.on_server_violation = None
+
+
+def _closed_handler(msg_type: int, body: memoryview) -> bytes | None:
+    raise ProtocolViolation("session is closed")

@@ -1,9 +1,10 @@
 """Framing of one direction of a PostgreSQL v3 byte stream (after startup).
 
-The framer owns message boundaries and nothing else: it walks the 5-byte headers
-(type byte + int32 length) of the bytes it is fed and decides, per message type, whether
-the message is *watched* — handed to a handler as a ``memoryview`` of its body — or
-*passed through*, in which case no Python object is built for it at all.
+The framer owns message boundaries and nothing else. It walks the 5-byte headers (type
+byte + int32 length) of the bytes it is fed and acts on each message by its type, through
+an action table (see :mod:`gateway.wire.scan`): pass it through without building any
+Python object for it, count it (requests and ReadyForQuery, which is all that pure
+forwarding needs to know), or hand it to a handler as a ``memoryview`` of its body.
 
 Rules this module keeps:
 
@@ -11,10 +12,10 @@ Rules this module keeps:
   no handler asked to change anything, the very ``bytes`` object that was fed is returned
   for forwarding (the common case, measured as the cheapest in PERFORMANCE.md).
 - Never rescan bytes. A pass-through message that spans reads is forwarded piece by piece
-  as it arrives (``_skip`` counts what is still to come); a watched message that spans
-  reads is accumulated once into a reusable buffer and handed over when complete.
-- Bound what is buffered: only a watched message is ever held, and its length is checked
-  against ``max_message_size`` before a byte of it is buffered.
+  as it arrives (``_skip`` counts what is still to come); any other message that spans
+  reads is accumulated once into a reusable buffer and acted on when complete.
+- Bound what is buffered: a message's length is checked against ``max_message_size``
+  before a byte of it is buffered.
 
 It knows nothing about what the messages mean, about sockets, or about sessions.
 """
@@ -25,9 +26,16 @@ import struct
 from collections.abc import Callable
 
 from gateway.wire.errors import MessageTooLarge, ProtocolViolation
+from gateway.wire.scan import (
+    ACT_PASS,
+    ACT_READY,
+    ACT_REQUEST,
+    ACT_WATCH,
+    STOP_BAD_LENGTH,
+    STOP_NONE,
+    scan,
+)
 
-# Type byte and length as unsigned: a negative int32 length shows up as >= 2**31 and is
-# caught by the size check below, so one comparison covers both cases.
 _HEADER = struct.Struct("!BI")
 _unpack_header = _HEADER.unpack_from
 
@@ -39,38 +47,80 @@ Handler = Callable[[int, memoryview], "bytes | None"]
 
 Chunk = bytes | memoryview
 
+__all__ = [
+    "ACT_PASS",
+    "ACT_READY",
+    "ACT_REQUEST",
+    "ACT_WATCH",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Chunk",
+    "Framer",
+    "Handler",
+    "action_table",
+    "watch_table",
+]
+
+
+def action_table(**actions: bytes | str) -> bytearray:
+    """A 256-entry action table: ``action_table(watch="QZ", request="S", ready="Z")``.
+
+    Keys are ``watch``, ``request`` and ``ready``; later keys win for a type listed twice.
+    """
+    codes = {"watch": ACT_WATCH, "request": ACT_REQUEST, "ready": ACT_READY}
+    table = bytearray(256)
+    for name, types in actions.items():
+        for t in types.encode("ascii") if isinstance(types, str) else types:
+            table[t] = codes[name]
+    return table
+
 
 def watch_table(types: bytes | str) -> bytearray:
-    """A 256-entry lookup table with 1 for every message type byte in *types*."""
-    table = bytearray(256)
-    for t in types.encode("ascii") if isinstance(types, str) else types:
-        table[t] = 1
-    return table
+    """An action table that watches every message type in *types* and passes the rest."""
+    return action_table(watch=types)
 
 
 class Framer:
     """Incremental framer for one direction of a session in the post-startup phase.
 
-    ``feed(data, handler)`` returns the list of chunks to forward, in order. The chunks
-    are ``data`` itself, ``memoryview`` slices of ``data``, or bytes returned by the
-    handler; they stay valid after the call, because nothing the framer reuses is ever
-    handed out.
+    ``feed(data)`` returns ``None`` when *data* is to be forwarded as it is, or else the
+    list of chunks to forward, in order: ``data`` itself, ``memoryview`` slices of it, or
+    bytes returned by the handler. They stay valid after the call, because nothing the
+    framer reuses is ever handed out. The handler is called for WATCH messages;
+    ``requests``, ``readies`` and ``status`` accumulate what the REQUEST and READY
+    actions saw. The action table may be changed in place between calls.
     """
 
-    __slots__ = ("_need", "_pending", "_skip", "max_message_size", "watch")
+    __slots__ = (
+        "_need",
+        "_pending",
+        "_skip",
+        "actions",
+        "handler",
+        "max_message_size",
+        "readies",
+        "requests",
+        "status",
+    )
 
     def __init__(
         self,
-        watch: bytearray,
+        actions: bytearray,
+        handler: Handler,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
-        self.watch = watch
+        self.actions = actions
+        self.handler = handler
         self.max_message_size = max_message_size
+        #: Messages with the REQUEST action walked past, and READY ones.
+        self.requests = 0
+        self.readies = 0
+        #: Status byte of the last READY message (-1 before the first).
+        self.status = -1
         # Bytes of a pass-through message that are still to arrive and to be forwarded.
         self._skip = 0
-        # An incomplete header, or an incomplete watched message, carried between reads.
+        # An incomplete header, or an incomplete non-pass-through message.
         self._pending = bytearray()
-        # Total size of the watched message being accumulated in _pending (0: unknown yet).
+        # Total size of the message being accumulated in _pending (0: header incomplete).
         self._need = 0
 
     @property
@@ -91,7 +141,30 @@ class Framer:
         if length > self.max_message_size:
             raise MessageTooLarge(_type_name(msg_type), length, self.max_message_size)
 
-    def feed(self, data: bytes, handler: Handler) -> list[Chunk]:
+    def feed(self, data: bytes) -> list[Chunk] | None:
+        """Frame *data*; return ``None`` to forward it unchanged, or the chunks to forward.
+
+        ``None`` is the common case — only whole messages, none changed — and costs one
+        header walk in C and no allocation.
+        """
+        if self._skip or self._pending:
+            return self._feed_carried(data)
+        pos, stop, end, requests, readies, status = scan(
+            data, 0, self.actions, self.max_message_size
+        )
+        if requests:
+            self.requests += requests
+        if readies:
+            self.readies += readies
+            self.status = status
+        if stop == STOP_NONE and pos == len(data):
+            return None
+        out: list[Chunk] = []
+        self._feed_from(data, pos, stop, end, 0, out)
+        return out
+
+    def _feed_carried(self, data: bytes) -> list[Chunk]:
+        """Feed *data* when a message from an earlier read is still incomplete."""
         n = len(data)
         pos = 0
         out: list[Chunk] = []
@@ -103,58 +176,68 @@ class Framer:
             self._skip = 0
             out.append(memoryview(data)[:pos])
         if self._pending:
-            pos = self._complete_pending(data, pos, handler, out)
-            if pos >= n:
+            pos = self._complete_pending(data, pos, out)
+            if pos >= n or self._skip:
                 return out
-            if self._skip:
-                # The pending header belonged to a pass-through message longer than data.
-                return out
-
-        watch = self.watch
-        max_size = self.max_message_size
-        run_start = pos
-        view: memoryview | None = None
-        while n - pos >= 5:
-            msg_type, length = _unpack_header(data, pos)
-            if length < 4 or length > max_size:
-                self._check_length(msg_type, length)
-            end = pos + 1 + length
-            if watch[msg_type]:
-                if end > n:
-                    # Accumulate the rest of this message; its size is known already.
-                    self._need = 1 + length
-                    break
-                if view is None:
-                    view = memoryview(data)
-                replacement = handler(msg_type, view[pos + 5 : end])
-                if replacement is not None:
-                    if pos > run_start:
-                        out.append(view[run_start:pos])
-                    if replacement:
-                        out.append(replacement)
-                    run_start = end
-            elif end > n:
-                # Stream the head of a long pass-through message now, the rest as it comes.
-                self._skip = end - n
-                pos = n
-                break
-            pos = end
-
-        if pos < n:
-            # An incomplete header or an incomplete watched message: keep it for the next
-            # read. Only these bytes are ever copied.
-            self._pending += data[pos:]
-        if run_start == 0 and pos == n and not out:
-            return [data]
-        if pos > run_start:
-            if view is None:
-                view = memoryview(data)
-            out.append(view[run_start:pos])
+        scanned = scan(data, pos, self.actions, self.max_message_size)
+        if scanned[3]:
+            self.requests += scanned[3]
+        if scanned[4]:
+            self.readies += scanned[4]
+            self.status = scanned[5]
+        self._feed_from(data, scanned[0], scanned[1], scanned[2], pos, out)
         return out
 
-    def _complete_pending(
-        self, data: bytes, pos: int, handler: Handler, out: list[Chunk]
-    ) -> int:
+    def _feed_from(
+        self, data: bytes, pos: int, stop: int, end: int, run_start: int, out: list[Chunk]
+    ) -> None:
+        """Continue after a scan that stopped at *pos*; append what to forward to *out*.
+
+        ``data[run_start:pos]`` has been walked and is to be forwarded unchanged.
+        """
+        n = len(data)
+        actions = self.actions
+        handler = self.handler
+        view = memoryview(data)
+        while stop >= 0:
+            replacement = handler(stop, view[pos + 5 : end])
+            if replacement is not None:
+                if pos > run_start:
+                    out.append(view[run_start:pos])
+                if replacement:
+                    out.append(replacement)
+                run_start = end
+            pos, stop, end, requests, readies, status = scan(
+                data, end, actions, self.max_message_size
+            )
+            if requests:
+                self.requests += requests
+            if readies:
+                self.readies += readies
+                self.status = status
+
+        if stop != STOP_NONE:
+            if stop == STOP_BAD_LENGTH:
+                self._check_length(data[pos], end)
+            raise ProtocolViolation("invalid ReadyForQuery message")
+        if n - pos >= 5:
+            # A message that is not complete in this chunk.
+            if actions[data[pos]] == ACT_PASS:
+                # Stream its head now, the rest as it comes: never buffer what nobody reads.
+                self._skip = end - n
+                pos = n
+            else:
+                self._need = end - pos
+        if pos < n:
+            # Only these bytes are ever copied: an incomplete header or a message that
+            # will be acted on once whole.
+            self._pending += data[pos:]
+        if run_start == 0 and pos == n and not out:
+            out.append(data)
+        elif pos > run_start:
+            out.append(view[run_start:pos])
+
+    def _complete_pending(self, data: bytes, pos: int, out: list[Chunk]) -> int:
         """Feed *data* from *pos* into the carried-over message; return the new position."""
         pending = self._pending
         n = len(data)
@@ -167,7 +250,7 @@ class Framer:
                 return pos
             msg_type, length = _unpack_header(pending, 0)
             self._check_length(msg_type, length)
-            if not self.watch[msg_type]:
+            if self.actions[msg_type] == ACT_PASS:
                 out.append(bytes(pending))
                 pending.clear()
                 remaining: int = length - 4
@@ -185,13 +268,7 @@ class Framer:
         pos += take
         if len(pending) < self._need:
             return pos
-        msg_type = pending[0]
-        # The buffer is reused, so the body view must be released before it is resized.
-        body = memoryview(pending)[5:]
-        try:
-            replacement = handler(msg_type, body)
-        finally:
-            body.release()
+        replacement = self._act_on_pending()
         if replacement is None:
             out.append(bytes(pending))
         elif replacement:
@@ -203,6 +280,27 @@ class Framer:
         else:
             pending.clear()
         return pos
+
+    def _act_on_pending(self) -> bytes | None:
+        """The action of a message completed in the carry-over buffer."""
+        pending = self._pending
+        msg_type = pending[0]
+        action = self.actions[msg_type]
+        if action == ACT_REQUEST:
+            self.requests += 1
+            return None
+        if action == ACT_READY:
+            if len(pending) != 6 or pending[5] not in b"ITE":
+                raise ProtocolViolation("invalid ReadyForQuery message")
+            self.readies += 1
+            self.status = pending[5]
+            return None
+        # The buffer is reused, so the body view must be released before it is resized.
+        body = memoryview(pending)[5:]
+        try:
+            return self.handler(msg_type, body)
+        finally:
+            body.release()
 
 
 def _type_name(msg_type: int) -> str:

@@ -8,11 +8,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.wire import framer as framer_module
+from gateway.wire import scan as scan_module
 from gateway.wire.errors import MessageTooLarge, ProtocolViolation
-from gateway.wire.framer import Framer, watch_table
+from gateway.wire.framer import Framer, action_table, watch_table
 
 
-def msg(t: bytes, body: bytes) -> bytes:
+@pytest.fixture(autouse=True, params=["c", "python"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every framer test runs on the C header walk and on the pure-Python one."""
+    if request.param == "c":
+        # The extension is built by `pip install -e .`; its absence is a build failure.
+        assert scan_module.ACCELERATED, "gateway.wire._speedups was not built"
+    else:
+        monkeypatch.setattr(framer_module, "scan", scan_module.scan_py)
+    return str(request.param)
+
+
+def msg(t: bytes, body: bytes = b"") -> bytes:
     return t + struct.pack("!I", len(body) + 4) + body
 
 
@@ -32,42 +45,57 @@ class Recorder:
         return self.replace.get(t)
 
 
-def feed_all(framer: Framer, chunks: list[bytes], handler: Recorder) -> bytes:
+def make(actions: bytearray, handler: Recorder | None = None, **kw: int) -> Framer:
+    return Framer(actions, handler if handler is not None else Recorder(), **kw)
+
+
+def feed_one(framer: Framer, chunk: bytes) -> list[bytes | memoryview]:
+    out = framer.feed(chunk)
+    return [chunk] if out is None else out
+
+
+def feed_all(framer: Framer, chunks: list[bytes]) -> bytes:
     out = bytearray()
     for chunk in chunks:
-        for piece in framer.feed(chunk, handler):
+        for piece in feed_one(framer, chunk):
             out += piece
     return bytes(out)
 
 
 def test_whole_messages_forward_the_same_object() -> None:
-    framer = Framer(watch_table("QZ"))
     rec = Recorder()
-    out = framer.feed(STREAM, rec)
-    assert len(out) == 1 and out[0] is STREAM
+    framer = make(watch_table("QZ"), rec)
+    out = framer.feed(STREAM)
+    assert out is not None and len(out) == 1 and out[0] is STREAM
     assert rec.seen == [("Q", b"select 1\x00"), ("Z", b"I")]
     assert framer.at_boundary
+
+
+def test_nothing_watched_means_forward_as_is() -> None:
+    framer = make(action_table(request="Q", ready="Z"))
+    assert framer.feed(STREAM) is None  # forward the very object that was read
+    assert (framer.requests, framer.readies) == (1, 1)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 6, 7, 11, 13])
 def test_every_split_gives_the_same_messages_and_bytes(size: int) -> None:
     chunks = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
-    framer = Framer(watch_table("QZ"))
     rec = Recorder()
-    assert feed_all(framer, chunks, rec) == STREAM
+    framer = make(watch_table("QZ"), rec)
+    assert feed_all(framer, chunks) == STREAM
     assert rec.seen == [("Q", b"select 1\x00"), ("Z", b"I")]
     assert framer.at_boundary
 
 
 def test_unwatched_message_spanning_reads_is_streamed_not_buffered() -> None:
     big = msg(b"d", b"x" * 100_000)
-    framer = Framer(watch_table("Z"))
     rec = Recorder()
-    first = framer.feed(big[:1000], rec)
+    framer = make(watch_table("Z"), rec)
+    first = feed_one(framer, big[:1000])
     # Streamed at once: nothing held back, the head forwarded.
     assert b"".join(bytes(c) for c in first) == big[:1000]
     assert framer.buffered == 0
-    rest = feed_all(framer, [big[1000:50_000], big[50_000:] + READY], rec)
+    rest = feed_all(framer, [big[1000:50_000], big[50_000:] + READY])
     assert rest == big[1000:] + READY
     assert rec.seen == [("Z", b"I")]
 
@@ -75,41 +103,42 @@ def test_unwatched_message_spanning_reads_is_streamed_not_buffered() -> None:
 def test_watched_message_spanning_reads_is_delivered_whole() -> None:
     sql = b"select '" + b"a" * 70_000 + b"'\x00"
     query = msg(b"Q", sql)
-    framer = Framer(watch_table("Q"))
     rec = Recorder()
-    out = feed_all(framer, [query[:3], query[3:40_000], query[40_000:]], rec)
+    framer = make(watch_table("Q"), rec)
+    out = feed_all(framer, [query[:3], query[3:40_000], query[40_000:]])
     assert out == query
     assert rec.seen == [("Q", sql)]
     assert framer.buffered == 0
 
 
 def test_handler_replacement_and_drop() -> None:
-    framer = Framer(watch_table("QZ"))
     rec = Recorder({ord("Q"): b"", ord("Z"): msg(b"Z", b"T")})
-    out = feed_all(framer, [STREAM], rec)
+    framer = make(watch_table("QZ"), rec)
+    out = feed_all(framer, [STREAM])
     assert out == ROW * 3 + msg(b"Z", b"T")
 
 
 def test_replacement_of_message_completed_from_pending() -> None:
-    framer = Framer(watch_table("Q"))
     rec = Recorder({ord("Q"): b"refused"})
-    out = feed_all(framer, [QUERY[:4], QUERY[4:] + READY], rec)
+    framer = make(watch_table("Q"), rec)
+    out = feed_all(framer, [QUERY[:4], QUERY[4:] + READY])
     assert out == b"refused" + READY
 
 
 def test_sixty_four_mib_query_passes() -> None:
     sql = b"select '" + b"x" * (64 * 1024 * 1024) + b"'\x00"
     query = msg(b"Q", sql)
-    framer = Framer(watch_table("Q"))
     got: list[int] = []
 
     def handler(t: int, body: memoryview) -> None:
         got.append(len(body))
 
+    framer = Framer(watch_table("Q"), handler)
+
     step = 256 * 1024
     total = 0
     for i in range(0, len(query), step):
-        for piece in framer.feed(query[i : i + step], handler):
+        for piece in feed_one(framer, query[i : i + step]):
             total += len(piece)
     assert got == [len(sql)]
     assert total == len(query)
@@ -125,29 +154,29 @@ def test_sixty_four_mib_query_passes() -> None:
     ],
 )
 def test_bad_lengths_are_protocol_violations(data: bytes, fragment: str) -> None:
-    framer = Framer(watch_table("Q"), max_message_size=1 << 20)
+    framer = make(watch_table("Q"), max_message_size=1 << 20)
     with pytest.raises(ProtocolViolation) as info:
-        framer.feed(data, Recorder())
+        framer.feed(data)
     assert info.value.sqlstate == "08P01"
     assert fragment in info.value.message
 
 
 def test_oversized_message_refused_before_buffering() -> None:
-    framer = Framer(watch_table("Q"), max_message_size=1024)
+    framer = make(watch_table("Q"), max_message_size=1024)
     header = b"Q" + struct.pack("!I", 5000)
     with pytest.raises(MessageTooLarge):
-        framer.feed(header, Recorder())
+        framer.feed(header)
     # Split header: the check still happens when the header completes.
-    framer = Framer(watch_table("Q"), max_message_size=1024)
-    framer.feed(header[:2], Recorder())
+    framer = make(watch_table("Q"), max_message_size=1024)
+    framer.feed(header[:2])
     with pytest.raises(MessageTooLarge):
-        framer.feed(header[2:], Recorder())
+        framer.feed(header[2:])
 
 
 def test_unwatched_oversized_message_is_refused_too() -> None:
-    framer = Framer(watch_table("Q"), max_message_size=1024)
+    framer = make(watch_table("Q"), max_message_size=1024)
     with pytest.raises(MessageTooLarge):
-        framer.feed(b"d" + struct.pack("!I", 5000), Recorder())
+        framer.feed(b"d" + struct.pack("!I", 5000))
 
 
 messages = st.lists(
@@ -169,9 +198,9 @@ def test_fuzz_any_split_roundtrips(
         chunks.append(stream[pos : pos + size])
         pos += size
         i += 1
-    framer = Framer(watch_table("QZP"))
     rec = Recorder()
-    assert feed_all(framer, chunks, rec) == stream
+    framer = make(watch_table("QZP"), rec)
+    assert feed_all(framer, chunks) == stream
     assert rec.seen == [(chr(t), body) for t, body in msgs if t in b"QZP"]
     assert framer.at_boundary
 
@@ -179,11 +208,42 @@ def test_fuzz_any_split_roundtrips(
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=200), max_size=30))
 def test_fuzz_garbage_only_raises_protocol_violation(chunks: list[bytes]) -> None:
-    framer = Framer(watch_table("QZP"), max_message_size=4096)
+    framer = make(watch_table("QZP"), max_message_size=4096)
     try:
         for chunk in chunks:
-            framer.feed(chunk, Recorder())
+            framer.feed(chunk)
     except ProtocolViolation:
         return
     # Whatever was accepted is held within the limit (bounded memory).
     assert framer.buffered <= 4096 + 5
+
+
+def test_request_and_ready_actions_count_without_callbacks() -> None:
+    rec = Recorder()
+    framer = make(action_table(request="QS", ready="Z"), rec)
+    stream = QUERY + ROW + msg(b"Z", b"T") + msg(b"S") + msg(b"Z", b"E")
+    assert feed_all(framer, [stream[:7], stream[7:20], stream[20:]]) == stream
+    assert rec.seen == []
+    assert (framer.requests, framer.readies, framer.status) == (2, 2, ord("E"))
+
+
+@pytest.mark.parametrize("bad", [msg(b"Z", b"X"), msg(b"Z", b"II"), msg(b"Z", b"")])
+def test_malformed_ready_for_query_is_refused(bad: bytes) -> None:
+    framer = make(action_table(ready="Z"))
+    with pytest.raises(ProtocolViolation, match="ReadyForQuery"):
+        framer.feed(ROW + bad)
+    framer = make(action_table(ready="Z"))
+    with pytest.raises(ProtocolViolation, match="ReadyForQuery"):
+        feed_all(framer, [bytes([b]) for b in bad])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=20))
+def test_c_and_python_scanners_agree(data: bytes, start: int) -> None:
+    if not scan_module.ACCELERATED:
+        pytest.fail("gateway.wire._speedups was not built")
+    actions = action_table(watch="QP", request="S", ready="Z")
+    start = min(start, len(data))
+    assert scan_module.scan(data, start, actions, 300) == scan_module.scan_py(
+        data, start, actions, 300
+    )
