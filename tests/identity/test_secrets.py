@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -86,13 +87,22 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
     assert info.value.source == f"file:{path}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "pw"
     path.write_text(SECRET)
     path.chmod(0)
-    with pytest.raises(SecretSourceError, match="Permission denied"):
-        read_upstream_password(upstream(password_file=str(path)))
+    if os.geteuid() != 0:
+        with pytest.raises(SecretSourceError, match="Permission denied"):
+            read_upstream_password(upstream(password_file=str(path)))
+        return
+    # Root reads any file: check with the effective uid of "nobody", then restore it.
+    os.seteuid(pwd.getpwnam("nobody").pw_uid)
+    try:
+        with pytest.raises(SecretSourceError, match="Permission denied") as info:
+            read_upstream_password(upstream(password_file=str(path)))
+    finally:
+        os.seteuid(0)
+    assert SECRET not in str(info.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"\n"])
