@@ -33,11 +33,14 @@ import msgspec
 from gateway.identity.static_secrets import parse_secret_hash
 
 __all__ = [
+    "BindingConfig",
     "ClientEntry",
     "Config",
     "ConfigError",
     "ConfigIssue",
+    "IssuerConfig",
     "LogConfig",
+    "RoleConfig",
     "ServerConfig",
     "TlsConfig",
     "UpstreamConfig",
@@ -68,6 +71,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     write_buffer_low: int = 65536
     run_dir: str = ""  # "" = a private temp dir made by the supervisor
     gateway_id: str = ""  # "" = hostname
+    auth_failure_limit: int = 10  # failed authentications per source address per window
+    auth_failure_window: float = 60.0
 
 
 class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -75,6 +80,8 @@ class TlsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
 
     cert_file: str = ""
     key_file: str = ""
+    client_ca_file: str = ""  # verify client certificates against this CA (mTLS identity)
+    client_cert_identity: Literal["spiffe_or_cn", "cn", "spiffe"] = "spiffe_or_cn"
     require_tls: bool = True
     allow_plaintext_loopback: bool = False
     min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
@@ -95,11 +102,61 @@ class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 
 
 class ClientEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """A legacy client authenticating with a static secret (stored as a scrypt hash)."""
+    """A static key for a legacy job that cannot get tokens (stored as a scrypt hash).
+
+    The job connects with ``user`` as its startup user name and the key as its password;
+    the principal's subject is ``user``.
+    """
 
     user: str
     secret_hash: str
     label: str = ""
+    expires: str = ""  # RFC 3339 timestamp after which the key is refused; "" = never
+
+
+class IssuerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """An OIDC identity provider whose JWTs are accepted as passwords."""
+
+    name: str  # referenced by bindings
+    issuer: str  # the exact `iss` value; discovery is issuer + /.well-known/openid-configuration
+    discovery_url: str = ""  # "" = derived from issuer
+    jwks_uri: str = ""  # set to skip discovery
+    audiences: list[str]  # a token must carry at least one of these in `aud`
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    hmac_secret_env: str = ""  # only a configured shared secret enables HS256/384/512
+    hmac_secret_file: str = ""
+    required_claims: list[str] = msgspec.field(default_factory=lambda: ["exp", "iat", "sub"])
+    leeway: float = 30.0  # seconds of clock skew allowed on exp/nbf/iat
+    max_token_bytes: int = 16384
+    jwks_refresh_interval: float = 3600.0  # scheduled JWKS refresh
+    jwks_min_refresh_interval: float = 30.0  # at most one refresh per interval on unknown kid
+    http_timeout: float = 5.0
+    allow_insecure_http: bool = False  # http:// discovery/JWKS (development on loopback only)
+    subject_claim: str = "sub"
+    group_claim: str = "groups"
+    client_id_claims: list[str] = msgspec.field(default_factory=lambda: ["azp", "client_id"])
+
+
+class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A least-privilege upstream identity, and where its secret lives."""
+
+    name: str
+    upstream_user: str
+    password_env: str = ""
+    password_file: str = ""
+    databases: list[str] = msgspec.field(default_factory=lambda: ["*"])  # "*" = any
+    on_token_expiry: Literal["finish", "terminate"] = "finish"
+
+
+class BindingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Maps matching principals to a role. Bindings are tried in file order; first wins."""
+
+    role: str
+    issuer: str = "*"  # an issuer name, "static", "cert", or "*"
+    subject: str = "*"  # glob on the principal's subject
+    client_id: str = ""  # exact azp/client_id; "" = any
+    groups: list[str] = []  # the principal must be in at least one; [] = no condition
+    claims: dict[str, str] = {}  # exact equality on string claims
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -116,6 +173,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     tls: TlsConfig = TlsConfig()
     upstream: UpstreamConfig
     clients: list[ClientEntry] = []
+    issuers: list[IssuerConfig] = []
+    roles: list[RoleConfig] = []
+    bindings: list[BindingConfig] = []
     log: LogConfig = LogConfig()
 
     def effective_workers(self) -> int:

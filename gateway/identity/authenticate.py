@@ -12,26 +12,15 @@ Must not import ``gateway.server`` or ``gateway.policy``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.config import ClientEntry
+from gateway.identity.principal import Principal
 from gateway.identity.static_secrets import VerifiedSecretCache, hash_secret, verify_secret
 
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller."""
-
-    issuer: str
-    subject: str
-    method: str
-    label: str = ""
-    claims: Mapping[str, object] = field(default_factory=dict)
 
 
 class AuthenticationFailed(Exception):
@@ -67,6 +56,4 @@ class StaticSecretAuthenticator:
                 self._cache.remember(stored, password)
         if entry is None or not ok:
             raise AuthenticationFailed(f'password authentication failed for user "{user}"')
-        return Principal(
-            issuer="pgwarden:static", subject=entry.user, method="static", label=entry.label
-        )
+        return Principal(method="static", issuer="static", subject=entry.user, label=entry.label)
