@@ -57,6 +57,14 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="working directory, kept on exit (default: a temp dir, removed on exit)",
     )
+    dev = sub.add_parser(
+        "dev",
+        help="development helpers (NOT for production)",
+        description="'pgwarden dev issuer [--subject S --audience A ...]' serves a local OIDC "
+        "issuer on loopback and mints tokens for it. NOT for production.",
+    )
+    dev.add_argument("tool", choices=["issuer"], help="the helper to run")
+    dev.add_argument("rest", nargs=argparse.REMAINDER, help="the helper's own options")
     return parser
 
 
@@ -79,7 +87,9 @@ def _summary(cfg: Config) -> str:
     return (
         f"listen {s.listen_host}:{s.listen_port}, {workers}, {tls}; "
         f"upstream {u.user}@{u.host}:{u.port}/{database} sslmode={u.sslmode}; "
-        f"{len(cfg.clients)} static client(s); log {cfg.log.level}/{cfg.log.format}"
+        f"{len(cfg.clients)} static key(s), {len(cfg.issuers)} issuer(s), "
+        f"{len(cfg.roles)} role(s), {len(cfg.bindings)} binding(s); "
+        f"log {cfg.log.level}/{cfg.log.format}"
     )
 
 
@@ -134,7 +144,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from gateway.identity.dev_issuer import main as dev_issuer_main
+
+    return dev_issuer_main(list(args.rest))
+
+
 _COMMANDS = {
+    "dev": _cmd_dev,
     "serve": _cmd_serve,
     "check-config": _cmd_check_config,
     "hash-secret": _cmd_hash_secret,

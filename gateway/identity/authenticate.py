@@ -1,21 +1,31 @@
 """Client authentication: who is connecting, as a :class:`Principal`.
 
-The server asks the client for a password (inside TLS) and hands it here together with
-the startup ``user``. This module decides who the caller is or refuses with an
-authentication SQLSTATE. For now the only source of identity is a static secret per
-client user, stored as a salted scrypt hash; OIDC tokens and client certificates plug
-into the same :class:`ClientAuthenticator` seam.
+Three sources of identity, tried in this order:
 
-Must not import ``gateway.server`` or ``gateway.policy``.
+1. A client certificate verified against ``tls.client_ca_file`` during the TLS handshake
+   (:meth:`Authenticator.from_certificate`): the principal is its SPIFFE ID or common
+   name, and no password is asked for.
+2. An OIDC JWT given as the password (:func:`gateway.identity.oidc.looks_like_jwt`),
+   verified by :class:`~gateway.identity.oidc.OidcVerifier`. The startup ``user`` is
+   informational only.
+3. A static key for a legacy job: the startup ``user`` names the key, the password is
+   checked against its salted scrypt hash, and an expired key is refused.
+
+Every refusal is an :class:`AuthenticationFailed` whose message says what failed without
+echoing the credential. Must not import ``gateway.server`` or ``gateway.policy``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Protocol
+import datetime as dt
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from gateway.config import ClientEntry
+from gateway.config import ClientEntry, TlsConfig
+from gateway.identity.oidc import OidcVerifier, TokenRejected, looks_like_jwt
 from gateway.identity.principal import Principal
 from gateway.identity.static_secrets import VerifiedSecretCache, hash_secret, verify_secret
 
@@ -32,28 +42,90 @@ class AuthenticationFailed(Exception):
         self.sqlstate = sqlstate
 
 
-class ClientAuthenticator(Protocol):
-    async def authenticate(self, user: str, password: str, peer: str) -> Principal: ...
+def _expiry(entry: ClientEntry) -> float | None:
+    if not entry.expires:
+        return None
+    return dt.datetime.fromisoformat(entry.expires).timestamp()
 
 
-class StaticSecretAuthenticator:
-    """Static secrets per client user, verified against their scrypt hashes."""
+class Authenticator:
+    """Turns a certificate, a token or a static key into a Principal, or refuses."""
 
-    def __init__(self, clients: Sequence[ClientEntry]) -> None:
-        self._by_user = {c.user: c for c in clients}
+    def __init__(
+        self,
+        clients: Sequence[ClientEntry],
+        oidc: OidcVerifier | None,
+        tls: TlsConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._static = {c.user: (c, _expiry(c)) for c in clients}
+        self._oidc = oidc
+        self._cert_identity = tls.client_cert_identity
+        self._clock = clock
         self._cache = VerifiedSecretCache()
         # Unknown users are checked against a real hash too, so that response time does
-        # not tell which client users exist.
+        # not tell which static keys exist.
         self._decoy = hash_secret("pgwarden-decoy")
 
     async def authenticate(self, user: str, password: str, peer: str) -> Principal:
-        entry = self._by_user.get(user)
-        stored = entry.secret_hash if entry is not None else self._decoy
+        if looks_like_jwt(password):
+            if self._oidc is None:
+                raise AuthenticationFailed(
+                    "token authentication is not configured on this gateway",
+                    INVALID_AUTHORIZATION,
+                )
+            try:
+                return await self._oidc.verify(password)
+            except TokenRejected as exc:
+                raise AuthenticationFailed(exc.reason, exc.sqlstate) from None
+        return await self._static_key(user, password)
+
+    async def _static_key(self, user: str, password: str) -> Principal:
+        found = self._static.get(user)
+        stored = found[0].secret_hash if found is not None else self._decoy
         ok = self._cache.check(stored, password)
         if not ok:
             ok = await asyncio.to_thread(verify_secret, stored, password)
             if ok:
                 self._cache.remember(stored, password)
-        if entry is None or not ok:
+        if found is None or not ok:
             raise AuthenticationFailed(f'password authentication failed for user "{user}"')
-        return Principal(method="static", issuer="static", subject=entry.user, label=entry.label)
+        entry, expires = found
+        if expires is not None and self._clock() >= expires:
+            raise AuthenticationFailed(
+                f'static key "{user}" expired at {entry.expires}', INVALID_AUTHORIZATION
+            )
+        return Principal(
+            method="static", issuer="static", subject=entry.user, label=entry.label,
+            expires_at=expires,
+        )
+
+    def from_certificate(self, peercert: Mapping[str, Any] | None) -> Principal | None:
+        """The principal of a client certificate the TLS layer already verified."""
+        if not peercert:
+            return None
+        spiffe = ""
+        for kind, value in peercert.get("subjectAltName", ()):
+            if kind == "URI" and str(value).startswith("spiffe://"):
+                spiffe = str(value)
+                break
+        common_name = ""
+        for rdn in peercert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    common_name = str(value)
+        mode = self._cert_identity
+        if mode == "spiffe":
+            subject = spiffe
+        elif mode == "cn":
+            subject = common_name
+        else:
+            subject = spiffe or common_name
+        if not subject:
+            raise AuthenticationFailed(
+                f"client certificate carries no usable identity ({mode})", INVALID_AUTHORIZATION
+            )
+        not_after = peercert.get("notAfter")
+        expires = float(ssl.cert_time_to_seconds(str(not_after))) if not_after else None
+        return Principal(method="cert", issuer="cert", subject=subject, expires_at=expires)

@@ -19,10 +19,14 @@ import enum
 import ipaddress
 import logging
 import socket
+import ssl
 import struct
+import time
 from typing import TYPE_CHECKING, cast
 
 from gateway.identity.authenticate import AuthenticationFailed
+from gateway.identity.bindings import DatabaseNotAllowed, NoRoleBound
+from gateway.identity.principal import Principal
 from gateway.server.startup_params import StartupParamError, upstream_params
 from gateway.server.upstream import UpstreamError, UpstreamSession, open_upstream
 from gateway.session.relay import Relay
@@ -67,7 +71,9 @@ class ClientConnection(asyncio.Protocol):
         self.phase = Phase.STARTUP
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.peer_ip = ""
         self.loopback = False
+        self.principal: Principal | None = None
         self.tls = False
         self.relay: Relay | None = None
         self.upstream: UpstreamSession | None = None
@@ -77,6 +83,8 @@ class ClientConnection(asyncio.Protocol):
         self.key: tuple[int, int] | None = None
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self.client_application = ""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -93,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         peer = client.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.peer_ip = str(peer[0])
             with contextlib.suppress(ValueError):
                 self.loopback = ipaddress.ip_address(peer[0]).is_loopback
         sock = client.get_extra_info("socket")
@@ -129,6 +138,8 @@ class ClientConnection(asyncio.Protocol):
         previous = self.phase
         self.phase = Phase.CLOSED
         self._cancel_timer()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self.ctx.release(self)
@@ -199,10 +210,8 @@ class ClientConnection(asyncio.Protocol):
         self.phase = Phase.TLS
         self._task = asyncio.get_running_loop().create_task(self._start_tls(ctx))
 
-    async def _start_tls(self, ctx: object) -> None:
-        import ssl
-
-        assert isinstance(ctx, ssl.SSLContext) and self.transport is not None
+    async def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        assert self.transport is not None
         loop = asyncio.get_running_loop()
         try:
             new = await loop.start_tls(self.transport, self, ctx, server_side=True)
@@ -216,6 +225,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self.transport = new
         self.tls = True
+        try:
+            self.principal = self.ctx.authenticator.from_certificate(
+                new.get_extra_info("peercert")
+            )
+        except AuthenticationFailed as exc:
+            self._auth_failed(exc.sqlstate, exc.message)
+            return
         self.phase = Phase.STARTUP
         self._continue_startup()
 
@@ -240,8 +256,22 @@ class ClientConnection(asyncio.Protocol):
         except StartupParamError as exc:
             self._fatal(exc.sqlstate, exc.message)
             return
+        if self.ctx.limiter.blocked(self.peer_ip):
+            self._fatal(
+                "28000",
+                "too many failed authentication attempts from this address; try again later",
+            )
+            return
         self.client_user = msg.params["user"]
         self.client_database = msg.params.get("database") or self.client_user
+        self.client_application = msg.params.get("application_name", "")
+        if self.principal is not None:
+            # A verified client certificate is the identity: no password is asked for.
+            self.phase = Phase.CONNECTING
+            self._task = asyncio.get_running_loop().create_task(
+                self._establish(self.principal)
+            )
+            return
         self.phase = Phase.AUTH
         self._write(backend.AUTH_CLEARTEXT)
 
@@ -278,33 +308,50 @@ class ClientConnection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._authenticate(password))
 
     async def _authenticate(self, password: str) -> None:
-        ctx = self.ctx
         try:
-            principal = await ctx.authenticator.authenticate(
+            principal = await self.ctx.authenticator.authenticate(
                 self.client_user, password, self.peer
             )
         except AuthenticationFailed as exc:
-            log.info("authentication failed for user %r from %s", self.client_user, self.peer)
-            self._fatal(exc.sqlstate, exc.message)
+            self._auth_failed(exc.sqlstate, exc.message)
             return
         finally:
             del password
         if self.closed:
             return
+        self.principal = principal
+        await self._establish(principal)
+
+    async def _establish(self, principal: Principal) -> None:
+        """Bind the principal to its role and open the upstream session as that role."""
+        ctx = self.ctx
+        try:
+            binding = ctx.bind(principal, self.client_database)
+        except (NoRoleBound, DatabaseNotAllowed) as exc:
+            self._auth_failed(exc.sqlstate, str(exc))
+            return
+        role = binding.role
         upstream_cfg = ctx.config.upstream
         params = dict(self.params)
-        params["user"] = upstream_cfg.user
+        params["user"] = role.upstream_user
         params["database"] = upstream_cfg.database or self.client_database
+        # The database's own logs and pg_stat_activity name the machine identity.
+        params["application_name"] = _application_name(principal, self.client_application)
+        log.info(
+            "authenticated %s (%s) from %s as role %s (upstream user %s), application %r",
+            principal.describe(), principal.method, self.peer, role.name,
+            role.upstream_user, self.client_application,
+        )
         try:
             session = await open_upstream(
                 upstream_cfg,
                 params,
-                ctx.upstream_password,
+                binding.password,
                 write_buffer_high=ctx.config.server.write_buffer_high,
                 write_buffer_low=ctx.config.server.write_buffer_low,
             )
         except UpstreamError as exc:
-            log.warning("upstream session for %s failed: %s", principal.subject, exc.detail)
+            log.warning("upstream session for %s failed: %s", principal.describe(), exc.detail)
             if exc.raw_error is not None:
                 self._write(_message(b"E", exc.raw_error))
                 self._close()
@@ -316,6 +363,32 @@ class ClientConnection(asyncio.Protocol):
             return
         self._task = None
         self._attach(session)
+        self._watch_expiry(principal, role.on_token_expiry)
+
+    def _auth_failed(self, sqlstate: str, message: str) -> None:
+        self.ctx.auth_failed(self.peer_ip)
+        log.info("authentication refused for %s from %s: %s", self.client_user or "?",
+                 self.peer, message)
+        self._fatal(sqlstate, message)
+
+    def _watch_expiry(self, principal: Principal, on_expiry: str) -> None:
+        if principal.expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, principal.expires_at - time.time())
+        if on_expiry == "terminate":
+            self._expiry_timer = loop.call_later(delay, self._expired_terminate)
+        else:
+            self._expiry_timer = loop.call_later(delay, self._expired_continue)
+
+    def _expired_terminate(self) -> None:
+        who = self.principal.describe() if self.principal else "?"
+        log.warning("credential of %s expired; terminating its session", who)
+        self.shutdown("28000", f"pgwarden: the credential of {who} expired; session terminated")
+
+    def _expired_continue(self) -> None:
+        who = self.principal.describe() if self.principal else "?"
+        log.warning("credential of %s expired; its session continues (role policy)", who)
 
     def _attach(self, session: UpstreamSession) -> None:
         assert self.transport is not None
@@ -430,6 +503,18 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+
+
+def _application_name(principal: Principal, client_application: str) -> str:
+    """``pgwarden:<issuer>:<subject>``, then the client's own name in parentheses.
+
+    The identity comes first because PostgreSQL truncates application_name to 63 bytes
+    (NAMEDATALEN - 1) and the identity is what the database's logs must show.
+    """
+    name = f"pgwarden:{principal.describe()}"
+    if client_application:
+        name += f" ({client_application})"
+    return name.encode()[:63].decode("utf-8", "ignore")
 
 
 def _message(msg_type: bytes, body: bytes) -> bytes:

@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-from gateway.config import Config
-from gateway.identity.authenticate import ClientAuthenticator, StaticSecretAuthenticator
-from gateway.identity.secrets import read_upstream_password
+from gateway.config import Config, RoleConfig
+from gateway.identity.authenticate import Authenticator
+from gateway.identity.bindings import check_database, resolve_role
+from gateway.identity.oidc import OidcVerifier
+from gateway.identity.principal import Principal
+from gateway.identity.ratelimit import FailureLimiter
+from gateway.identity.secrets import read_role_password, read_upstream_password
 from gateway.server.cancel import CancelRouter, secret_matches
 from gateway.server.upstream import UpstreamSession, send_cancel
 from gateway.session.hooks import SessionHooks
@@ -35,7 +40,40 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
         ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
     )
     ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+    if tls.client_ca_file:
+        # A certificate is an identity when presented, and verified against this CA
+        # only; clients without one go on to token or static-key authentication.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(tls.client_ca_file)
     return ctx
+
+
+def implicit_role(config: Config) -> RoleConfig:
+    """Single-role mode (no [[roles]]): every principal uses the [upstream] credential."""
+    up = config.upstream
+    return RoleConfig(
+        name="default",
+        upstream_user=up.user,
+        password_env=up.password_env,
+        password_file=up.password_file,
+    )
+
+
+class RoleBinding:
+    """A principal's role and the upstream credential that goes with it."""
+
+    __slots__ = ("password", "role")
+
+    def __init__(self, role: RoleConfig, password: str | None) -> None:
+        self.role = role
+        self.password = password
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class WorkerContext:
@@ -47,20 +85,71 @@ class WorkerContext:
         self.connections: set[ClientConnection] = set()
         self.sessions: dict[int, ClientConnection] = {}
         self.draining = False
-        self.cancel = CancelRouter(run_dir, index, self._cancel_local)
+        self.cancel = CancelRouter(
+            run_dir, index, self._cancel_local, self._peer_failure, config.effective_workers()
+        )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.oidc: OidcVerifier | None = None
+        self.limiter = FailureLimiter(
+            config.server.auth_failure_limit, config.server.auth_failure_window
+        )
         self.apply(config)
 
     def apply(self, config: Config) -> None:
-        """Install a (re)loaded configuration for sessions that start from now on."""
-        # Load everything first so that a failure leaves the previous state in place.
+        """Install a (re)loaded configuration for sessions that start from now on.
+
+        Everything is loaded first, so that a failure (unreadable secret, bad certificate)
+        leaves the previous configuration in place. Secrets are re-read from their
+        sources here, which is how a rotated secret file takes effect on SIGHUP.
+        """
         server_ssl = server_ssl_context(config)
-        password = read_upstream_password(config.upstream)
-        authenticator: ClientAuthenticator = StaticSecretAuthenticator(config.clients)
+        if config.roles:
+            passwords = {r.name: read_role_password(r) for r in config.roles}
+        else:
+            passwords = {"default": read_upstream_password(config.upstream)}
+        oidc = OidcVerifier(config.issuers) if config.issuers else None
+        authenticator = Authenticator(config.clients, oidc, config.tls)
+        old_oidc = self.oidc
         self.config = config
         self.server_ssl = server_ssl
-        self.upstream_password = password
+        self.role_passwords = passwords
+        self.oidc = oidc
         self.authenticator = authenticator
+        limits = (config.server.auth_failure_limit, config.server.auth_failure_window)
+        if (self.limiter.limit, self.limiter.window) != limits:
+            # Kept across reloads otherwise: a SIGHUP must not forgive an attacker.
+            self.limiter = FailureLimiter(*limits)
+        self._default_role = implicit_role(config)
+        self.cancel.workers = config.effective_workers()
+        loop = _running_loop()
+        if loop is not None:
+            if oidc is not None:
+                self._spawn(oidc.start())
+            if old_oidc is not None:
+                self._spawn(old_oidc.close())
+
+    async def start(self) -> None:
+        """Work that needs the event loop: first discovery of the OIDC issuers."""
+        if self.oidc is not None:
+            await self.oidc.start()
+
+    async def stop(self) -> None:
+        if self.oidc is not None:
+            await self.oidc.close()
+
+    def bind(self, principal: Principal, database: str) -> RoleBinding:
+        """The principal's role, checked against the database it asks for.
+
+        Raises NoRoleBound (28000) or DatabaseNotAllowed (42501).
+        """
+        config = self.config
+        role = (
+            resolve_role(principal, config.bindings, config.roles)
+            if config.roles
+            else self._default_role
+        )
+        check_database(role, database)
+        return RoleBinding(role, self.role_passwords.get(role.name))
 
     # -- registry -----------------------------------------------------------------------
 
@@ -85,6 +174,16 @@ class WorkerContext:
     def hooks_for(self, conn: ClientConnection) -> SessionHooks:
         return SessionHooks()
 
+    # -- failed authentication ----------------------------------------------------------
+
+    def auth_failed(self, address: str) -> None:
+        """Count a failure here and at every other worker (one limit per gateway)."""
+        self.limiter.record_failure(address)
+        self.cancel.broadcast_failure(address)
+
+    def _peer_failure(self, address: str) -> None:
+        self.limiter.record_failure(address)
+
     # -- cancel -------------------------------------------------------------------------
 
     def route_cancel(self, pid: int, secret: int) -> None:
@@ -98,9 +197,10 @@ class WorkerContext:
         conn.cancel_upstream()
 
     def spawn_cancel(self, backend_pid: int, backend_secret: int) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._send_cancel(backend_pid, backend_secret)
-        )
+        self._spawn(self._send_cancel(backend_pid, backend_secret))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

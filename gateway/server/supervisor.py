@@ -31,7 +31,11 @@ from dataclasses import dataclass
 import orjson
 
 from gateway.config import Config, ConfigError, load_config
-from gateway.identity.secrets import SecretSourceError, read_upstream_password
+from gateway.identity.secrets import (
+    SecretSourceError,
+    read_role_password,
+    read_upstream_password,
+)
 from gateway.server.cancel import MAX_WORKERS
 from gateway.server.worker import WORKER_BOOT_ERROR, listen_socket, run_worker
 
@@ -39,6 +43,15 @@ log = logging.getLogger("pgwarden.supervisor")
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
 _FAST_STOP_WAIT = 5.0
+
+
+def check_secrets(config: Config) -> None:
+    """Read every upstream secret once, so that a missing one stops us before forking."""
+    if config.roles:
+        for role in config.roles:
+            read_role_password(role)
+    else:
+        read_upstream_password(config.upstream)
 
 
 class HaltServer(BaseException):
@@ -117,7 +130,7 @@ class Supervisor:
         # the connections by SO_REUSEPORT.
         sock.close()
         try:
-            read_upstream_password(self.config.upstream)
+            check_secrets(self.config)
         except SecretSourceError as exc:
             raise HaltServer(str(exc), 2) from exc
 
@@ -252,7 +265,7 @@ class Supervisor:
     def _reload(self) -> None:
         try:
             config = load_config(self.config_path)
-            read_upstream_password(config.upstream)
+            check_secrets(config)
         except (ConfigError, SecretSourceError, OSError) as exc:
             log.error("HUP: configuration not reloaded, keeping the running one:\n%s", exc)
             return

@@ -71,6 +71,7 @@ class Worker:
         self._stopped = loop.create_future()
         ctx = WorkerContext(self.config, self.config_path, self.run_dir, self.index)
         self.ctx = ctx
+        await ctx.start()
         ctx.cancel.start(loop)
         cfg = self.config.server
         sock = listen_socket(cfg.listen_host, cfg.listen_port, cfg.backlog)
@@ -90,6 +91,7 @@ class Worker:
         await self._stopped
         assert self.ctx is not None
         self.ctx.cancel.stop(asyncio.get_running_loop())
+        await self.ctx.stop()
 
     def _beat(self) -> None:
         with contextlib.suppress(OSError):
