@@ -1,7 +1,8 @@
-"""Upstream secret sources: where the gateway's own PostgreSQL password comes from.
+"""Upstream secret sources: where the gateway's own PostgreSQL passwords come from.
 
-Owns reading the upstream credential from an environment variable or a file, at the
-moment it is needed (so a rotated file is picked up on the next connection). Errors name
+Owns reading an upstream credential — the ``[upstream]`` one in single-role mode, or a
+role's (``[[roles]]``) — from an environment variable or a file, at the moment it is
+needed (so a rotated file is picked up on the next connection or reload). Errors name
 the source (variable name or file path) and never the value, not even a fragment of it:
 messages end up in logs and in audit events.
 
@@ -14,9 +15,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from gateway.config import UpstreamConfig
+from gateway.config import RoleConfig, UpstreamConfig
 
-__all__ = ["MAX_SECRET_FILE_BYTES", "SecretSourceError", "read_upstream_password"]
+__all__ = [
+    "MAX_SECRET_FILE_BYTES",
+    "SecretSourceError",
+    "read_role_password",
+    "read_upstream_password",
+]
 
 # A password file is a few dozen bytes; anything far larger is a misconfigured path
 # (a log, a device), and reading it whole would only waste memory.
@@ -44,17 +50,25 @@ def _strip_one_newline(value: str) -> str:
     return value
 
 
-def _read_env(name: str, environ: Mapping[str, str]) -> str:
+# ``owner`` prefixes messages about a role's secret (``role "etl": ``) so an operator knows
+# which of several credentials is missing; it is empty for the [upstream] one.
+
+
+def _read_env(name: str, environ: Mapping[str, str], owner: str = "") -> str:
     source = f"env:{name}"
     value = environ.get(name)
     if value is None:
-        raise SecretSourceError(source, f"upstream password environment variable {name} is not set")
+        raise SecretSourceError(
+            source, f"{owner}upstream password environment variable {name} is not set"
+        )
     if not value:
-        raise SecretSourceError(source, f"upstream password environment variable {name} is empty")
+        raise SecretSourceError(
+            source, f"{owner}upstream password environment variable {name} is empty"
+        )
     return value
 
 
-def _read_file(path: str) -> str:
+def _read_file(path: str, owner: str = "") -> str:
     source = f"file:{path}"
     try:
         with open(path, "rb") as fh:
@@ -63,23 +77,23 @@ def _read_file(path: str) -> str:
         # strerror only ("Permission denied"), never str(exc) of something that read data.
         reason = exc.strerror or type(exc).__name__
         raise SecretSourceError(
-            source, f"cannot read upstream password file {path}: {reason}"
+            source, f"{owner}cannot read upstream password file {path}: {reason}"
         ) from None
     if len(raw) > MAX_SECRET_FILE_BYTES:
         raise SecretSourceError(
             source,
-            f"upstream password file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes",
+            f"{owner}upstream password file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes",
         )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         # The UnicodeDecodeError text quotes the offending byte, i.e. part of the secret.
         raise SecretSourceError(
-            source, f"upstream password file {path} is not valid UTF-8"
+            source, f"{owner}upstream password file {path} is not valid UTF-8"
         ) from None
     value = _strip_one_newline(text)
     if not value:
-        raise SecretSourceError(source, f"upstream password file {path} is empty")
+        raise SecretSourceError(source, f"{owner}upstream password file {path} is empty")
     return value
 
 
@@ -99,4 +113,24 @@ def read_upstream_password(
         return _read_env(cfg.password_env, os.environ if environ is None else environ)
     if cfg.password_file:
         return _read_file(cfg.password_file)
+    return None
+
+
+def read_role_password(role: RoleConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The upstream password of ``role``, or None when it names no source (trust/cert).
+
+    Read from the source each time it is called: the gateway calls it at start and on
+    SIGHUP, which is how a rotated secret takes effect. Errors name the role and the
+    source, never the value. ``environ`` defaults to ``os.environ``.
+    """
+    owner = f'role "{role.name}": '
+    if role.password_env and role.password_file:
+        # load_config rejects this; refuse rather than guess which one was meant.
+        raise SecretSourceError(
+            "config", f"{owner}both password_env and password_file are set"
+        )
+    if role.password_env:
+        return _read_env(role.password_env, os.environ if environ is None else environ, owner)
+    if role.password_file:
+        return _read_file(role.password_file, owner)
     return None
