@@ -215,3 +215,38 @@ def error_fields(body: bytes) -> dict[str, str]:
         for part in body.split(b"\x00")
         if part
     }
+
+
+def spawn_gateway(
+    base: Path,
+    cluster: PgCluster,
+    cert: Path,
+    key: Path,
+    upstream_password: str = UPSTREAM_PASSWORD,
+    **options: Any,
+) -> Gateway:
+    """Run ``pgwarden serve`` from a config in ``base`` (as the ``start_gateway`` fixture
+    does), in front of any cluster and with any upstream password. The caller stops it."""
+    import sys
+
+    from gateway.devcluster import free_port
+
+    password_file = base / "upstream-password"
+    password_file.write_text(upstream_password + "\n")
+    password_file.chmod(0o600)
+    port = free_port()
+    config_path = base / "pgwarden.toml"
+    write_config(config_path, cluster, port, cert, key, password_file, **options)
+    log_path = base / "pgwarden.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    gw = Gateway(proc, port, config_path, log_path, cert)
+    try:
+        wait_listening(port, proc, log_path)
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
