@@ -10,20 +10,29 @@ must not import asyncio: ``pgwarden check-config`` has to work without starting 
 Secrets never pass through here; the upstream password is read later, at connect time, by
 ``gateway.identity.secrets``.
 
-Relative file paths (``tls.cert_file``, ``tls.key_file``, ``upstream.password_file``,
-``upstream.sslrootcert``, ``server.run_dir``) are resolved against the directory holding
-the configuration file, so a configuration means the same thing whatever the working
-directory of the process that loads it.
+Relative file paths (``tls.cert_file``, ``tls.key_file``, ``tls.client_ca_file``,
+``upstream.password_file``, ``upstream.sslrootcert``, ``server.run_dir``,
+``roles[].password_file``, ``issuers[].hmac_secret_file``) are resolved against the
+directory holding the configuration file, so a configuration means the same thing whatever
+the working directory of the process that loads it.
+
+Identity has two modes. With no ``[[roles]]`` (*single-role mode*, the behaviour before
+roles existed) every authenticated principal connects upstream as ``[upstream] user`` with
+its password, and ``[[bindings]]`` must be empty. With ``[[roles]]``, bindings map each
+principal to one role, which names the upstream user and its secret; ``[upstream] user``
+and its password are then not used for sessions.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import ipaddress
 import os
 import re
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -45,8 +54,10 @@ __all__ = [
     "TlsConfig",
     "UpstreamConfig",
     "load_config",
+    "parse_rfc3339",
 ]
 
+KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
 
@@ -167,7 +178,12 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """The whole configuration file."""
+    """The whole configuration file.
+
+    Empty ``roles`` is *single-role mode*: every principal uses ``upstream.user`` and the
+    upstream password, and ``bindings`` must be empty. Otherwise each principal is mapped
+    to one of ``roles`` by the first matching entry of ``bindings`` (file order).
+    """
 
     server: ServerConfig = ServerConfig()
     tls: TlsConfig = TlsConfig()
@@ -420,6 +436,244 @@ def _readable_file_issue(path: str) -> str | None:
     return None
 
 
+# RFC 3339 section 5.6 date-time, restricted to the spellings datetime.fromisoformat also
+# reads (upper-case "T"/"Z", or a space as the RFC's note allows), so that every accepted
+# value means the same thing to whoever parses it later. The offset is mandatory: an
+# expiry in "local time" would move with the TZ of whichever host runs the gateway.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})"
+)
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    """An RFC 3339 timestamp with a ``Z`` or ``+HH:MM`` offset, as an aware datetime.
+
+    ``2030-01-31T00:00:00Z``, ``2030-01-31T09:30:00.5+02:00``. Raises ``ValueError`` for
+    anything else, including a timestamp without an offset.
+    """
+    if not _RFC3339.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not an RFC 3339 timestamp with a timezone "
+            "(e.g. '2030-01-31T00:00:00Z' or '2030-01-31T00:00:00+01:00')"
+        )
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError as exc:  # well-formed but impossible: month 13, hour 24, ...
+        raise ValueError(f"{text!r} is not a valid time: {exc}") from None
+
+
+#: JWS algorithms an issuer may allow. ``none`` is never one of them; the HMAC family
+#: additionally needs a shared secret, because a JWKS must never supply a symmetric key.
+JWT_ALGORITHMS = frozenset(
+    {
+        "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",
+        "EdDSA", "HS256", "HS384", "HS512",
+    }
+)
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+#: Principal issuers that are not OIDC issuer names; binding.issuer may use them.
+RESERVED_ISSUER_NAMES = frozenset({"static", "cert", "*"})
+# Issuer names end up in upstream application_name ("pgwarden:<issuer>:<subject>") and in
+# log lines, where ":" or spaces would make the identity ambiguous to read back.
+_ISSUER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# More leeway than this lets an expired token in for minutes; clock skew between an IdP
+# and a server with NTP is seconds.
+MAX_LEEWAY = 300.0
+
+
+def _url_issue(url: str, allow_http: bool) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 literal
+        return f"{url!r} is not a valid URL"
+    scheme = parts.scheme.lower()
+    if scheme == "http" and not allow_http:
+        return f"{url!r} uses plain http; use https (allow_insecure_http is for loopback tests)"
+    if scheme not in ("https", "http"):
+        return f"{url!r} is not an https URL"
+    if not parts.hostname:
+        return f"{url!r} has no host"
+    return None
+
+
+def _issuer_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
+    names: dict[str, int] = {}
+    urls: dict[str, int] = {}
+    for index, iss in enumerate(cfg.issuers):
+        at = ("issuers", index)
+        if not iss.name:
+            yield (*at, "name"), "must not be empty"
+        elif iss.name in RESERVED_ISSUER_NAMES:
+            yield (
+                (*at, "name"),
+                f"{iss.name!r} is reserved (bindings use \"static\", \"cert\" and \"*\")",
+            )
+        elif not _ISSUER_NAME.fullmatch(iss.name):
+            yield (
+                (*at, "name"),
+                f"{iss.name!r} may contain only letters, digits, '_', '-' and '.'",
+            )
+        elif iss.name in names:
+            yield (
+                (*at, "name"),
+                f"duplicate issuer name {iss.name!r} (also issuers[{names[iss.name]}])",
+            )
+        else:
+            names[iss.name] = index
+
+        if not iss.issuer:
+            yield (*at, "issuer"), "must not be empty"
+        else:
+            if problem := _url_issue(iss.issuer, iss.allow_insecure_http):
+                yield (*at, "issuer"), problem
+            elif (parts := urllib.parse.urlsplit(iss.issuer)).query or parts.fragment:
+                # OpenID Connect Discovery 1.0 section 3: no query or fragment in `iss`.
+                yield (*at, "issuer"), "an issuer URL has no query or fragment"
+            if iss.issuer in urls:
+                # Tokens name their issuer by `iss`; two entries for one `iss` would make
+                # the choice of audiences and keys depend on file order.
+                yield (
+                    (*at, "issuer"),
+                    f"issuer URL {iss.issuer!r} is also used by issuers[{urls[iss.issuer]}]",
+                )
+            else:
+                urls[iss.issuer] = index
+        for key in ("discovery_url", "jwks_uri"):
+            url = getattr(iss, key)
+            if url and (problem := _url_issue(url, iss.allow_insecure_http)):
+                yield (*at, key), problem
+
+        if not iss.audiences:
+            yield (*at, "audiences"), "must list at least one audience"
+        elif any(not aud for aud in iss.audiences):
+            yield (*at, "audiences"), "must not contain an empty audience"
+
+        has_secret = bool(iss.hmac_secret_env or iss.hmac_secret_file)
+        if not iss.algorithms:
+            yield (*at, "algorithms"), "must list at least one algorithm"
+        for alg in iss.algorithms:
+            if alg.lower() == "none":
+                yield (*at, "algorithms"), "'none' is never accepted: tokens must be signed"
+            elif alg not in JWT_ALGORITHMS:
+                yield (
+                    (*at, "algorithms"),
+                    f"unknown algorithm {alg!r} (choose from {', '.join(sorted(JWT_ALGORITHMS))})",
+                )
+            elif alg in _HMAC_ALGORITHMS and not has_secret:
+                yield (
+                    (*at, "algorithms"),
+                    f"{alg} needs a shared secret: set hmac_secret_env or hmac_secret_file",
+                )
+        if iss.hmac_secret_env and iss.hmac_secret_file:
+            yield (
+                (*at, "hmac_secret_file"),
+                "set at most one of hmac_secret_env and hmac_secret_file",
+            )
+
+        if not 0 <= iss.leeway <= MAX_LEEWAY:
+            yield (
+                (*at, "leeway"),
+                f"must be between 0 and {MAX_LEEWAY:g} seconds, got {iss.leeway}",
+            )
+        for key in ("jwks_refresh_interval", "jwks_min_refresh_interval", "http_timeout"):
+            if not getattr(iss, key) > 0:
+                yield (*at, key), f"must be a positive number of seconds, got {getattr(iss, key)}"
+        if 0 < iss.jwks_refresh_interval < iss.jwks_min_refresh_interval:
+            yield (
+                (*at, "jwks_min_refresh_interval"),
+                f"must not exceed jwks_refresh_interval ({iss.jwks_refresh_interval})",
+            )
+        if not KIB <= iss.max_token_bytes <= MIB:
+            yield (
+                (*at, "max_token_bytes"),
+                f"must be between {KIB} (1 KiB) and {MIB} (1 MiB), got {iss.max_token_bytes}",
+            )
+        for key in ("subject_claim", "group_claim"):
+            if not getattr(iss, key):
+                yield (*at, key), "must not be empty"
+        for key in ("required_claims", "client_id_claims"):
+            if any(not claim for claim in getattr(iss, key)):
+                yield (*at, key), "must not contain an empty claim name"
+
+
+def _role_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
+    names: dict[str, int] = {}
+    for index, role in enumerate(cfg.roles):
+        at = ("roles", index)
+        if not role.name:
+            yield (*at, "name"), "must not be empty"
+        elif role.name in names:
+            yield (
+                (*at, "name"),
+                f"duplicate role name {role.name!r} (also roles[{names[role.name]}])",
+            )
+        else:
+            names[role.name] = index
+        if not role.upstream_user:
+            yield (*at, "upstream_user"), "must not be empty"
+        if role.password_env and role.password_file:
+            yield (*at, "password_file"), "set at most one of password_env and password_file"
+        if not role.databases:
+            # An empty list would be a role that can open nothing: surely a mistake.
+            yield (*at, "databases"), 'must list at least one database (or "*" for any)'
+        elif any(not db for db in role.databases):
+            yield (*at, "databases"), "must not contain an empty database name"
+    if cfg.roles and not cfg.bindings:
+        yield (
+            ("roles",),
+            "[[roles]] are defined but no [[bindings]] map principals to them, "
+            "so every connection would be refused",
+        )
+
+
+def _binding_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
+    roles = {role.name for role in cfg.roles}
+    issuers = {iss.name for iss in cfg.issuers}
+    for index, binding in enumerate(cfg.bindings):
+        at = ("bindings", index)
+        if not cfg.roles:
+            yield (
+                (*at, "role"),
+                f"no role named {binding.role!r}: there are no [[roles]], so every principal "
+                "uses [upstream] user (single-role mode) and bindings cannot apply",
+            )
+        elif binding.role not in roles:
+            known = ", ".join(repr(name) for name in sorted(roles))
+            yield (*at, "role"), f"no role named {binding.role!r} (roles: {known})"
+
+        if binding.issuer not in RESERVED_ISSUER_NAMES and binding.issuer not in issuers:
+            named = sorted(issuers - RESERVED_ISSUER_NAMES)
+            choices = ", ".join(repr(n) for n in [*named, "static", "cert", "*"])
+            yield (*at, "issuer"), f"no issuer named {binding.issuer!r} (choose from {choices})"
+        elif binding.issuer == "cert" and not cfg.tls.client_ca_file:
+            yield (
+                (*at, "issuer"),
+                "binds client certificates, but tls.client_ca_file is not set, so no "
+                "certificate principal can exist",
+            )
+        elif binding.issuer == "static" and not cfg.clients:
+            yield (
+                (*at, "issuer"),
+                "binds static keys, but there are no [[clients]], so no static principal "
+                "can exist",
+            )
+        if binding.issuer in ("static", "cert"):
+            # Only OIDC principals carry these attributes; such a binding could never match.
+            for key in ("client_id", "groups", "claims"):
+                if getattr(binding, key):
+                    yield (
+                        (*at, key),
+                        f"{binding.issuer!r} principals have no {key.replace('_', ' ')}; "
+                        "this binding can never match",
+                    )
+        if not binding.subject:
+            yield (*at, "subject"), 'must not be empty ("*" matches any subject)'
+        if any(not group for group in binding.groups):
+            yield (*at, "groups"), "must not contain an empty group name"
+        if any(not claim for claim in binding.claims):
+            yield (*at, "claims"), "must not contain an empty claim name"
+
+
 def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
     s, t, u = cfg.server, cfg.tls, cfg.upstream
 
@@ -455,13 +709,25 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
             f"must be less than write_buffer_high ({s.write_buffer_high}), "
             f"got {s.write_buffer_low}",
         )
+    if s.auth_failure_limit < 1:
+        yield ("server", "auth_failure_limit"), f"must be >= 1, got {s.auth_failure_limit}"
+    if not s.auth_failure_window > 0:
+        yield (
+            ("server", "auth_failure_window"),
+            f"must be a positive number of seconds, got {s.auth_failure_window}",
+        )
 
     if bool(t.cert_file) != bool(t.key_file):
         missing = "key_file" if t.cert_file else "cert_file"
         yield ("tls", missing), "cert_file and key_file must be set together"
-    for name in ("cert_file", "key_file"):
+    for name in ("cert_file", "key_file", "client_ca_file"):
         if getattr(t, name) and (problem := _readable_file_issue(getattr(t, name))):
             yield ("tls", name), problem
+    if t.client_ca_file and not t.cert_file:
+        yield (
+            ("tls", "client_ca_file"),
+            "client certificates are only verified over TLS: set cert_file and key_file too",
+        )
     if t.require_tls and not (t.cert_file and t.key_file):
         if not t.allow_plaintext_loopback:
             yield (
@@ -507,6 +773,15 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
             parse_secret_hash(client.secret_hash)
         except ValueError as exc:
             yield ("clients", index, "secret_hash"), str(exc)
+        if client.expires:
+            try:
+                parse_rfc3339(client.expires)
+            except ValueError as exc:
+                yield ("clients", index, "expires"), str(exc)
+
+    yield from _issuer_issues(cfg)
+    yield from _role_issues(cfg)
+    yield from _binding_issues(cfg)
 
 
 # --------------------------------------------------------------------------- loading
@@ -521,13 +796,20 @@ def _resolve_paths(cfg: Config, base: str) -> Config:
         cfg,
         server=replace(cfg.server, run_dir=resolve(cfg.server.run_dir)),
         tls=replace(
-            cfg.tls, cert_file=resolve(cfg.tls.cert_file), key_file=resolve(cfg.tls.key_file)
+            cfg.tls,
+            cert_file=resolve(cfg.tls.cert_file),
+            key_file=resolve(cfg.tls.key_file),
+            client_ca_file=resolve(cfg.tls.client_ca_file),
         ),
         upstream=replace(
             cfg.upstream,
             password_file=resolve(cfg.upstream.password_file),
             sslrootcert=resolve(cfg.upstream.sslrootcert),
         ),
+        issuers=[
+            replace(iss, hmac_secret_file=resolve(iss.hmac_secret_file)) for iss in cfg.issuers
+        ],
+        roles=[replace(role, password_file=resolve(role.password_file)) for role in cfg.roles],
     )
 
 

@@ -18,13 +18,13 @@ echoing the credential. Must not import ``gateway.server`` or ``gateway.policy``
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.config import ClientEntry, TlsConfig
+from gateway.identity.bindings import static_key_expiry
 from gateway.identity.oidc import OidcVerifier, TokenRejected, looks_like_jwt
 from gateway.identity.principal import Principal
 from gateway.identity.static_secrets import VerifiedSecretCache, hash_secret, verify_secret
@@ -42,12 +42,6 @@ class AuthenticationFailed(Exception):
         self.sqlstate = sqlstate
 
 
-def _expiry(entry: ClientEntry) -> float | None:
-    if not entry.expires:
-        return None
-    return dt.datetime.fromisoformat(entry.expires).timestamp()
-
-
 class Authenticator:
     """Turns a certificate, a token or a static key into a Principal, or refuses."""
 
@@ -59,7 +53,7 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._static = {c.user: (c, _expiry(c)) for c in clients}
+        self._static = {c.user: (c, static_key_expiry(c)) for c in clients}
         self._oidc = oidc
         self._cert_identity = tls.client_cert_identity
         self._clock = clock

@@ -325,8 +325,10 @@ class ClientConnection(asyncio.Protocol):
     async def _establish(self, principal: Principal) -> None:
         """Bind the principal to its role and open the upstream session as that role."""
         ctx = self.ctx
+        # The database actually opened upstream is the one the role must be allowed.
+        database = ctx.config.upstream.database or self.client_database
         try:
-            binding = ctx.bind(principal, self.client_database)
+            binding = ctx.bind(principal, database)
         except (NoRoleBound, DatabaseNotAllowed) as exc:
             self._auth_failed(exc.sqlstate, str(exc))
             return
@@ -334,7 +336,7 @@ class ClientConnection(asyncio.Protocol):
         upstream_cfg = ctx.config.upstream
         params = dict(self.params)
         params["user"] = role.upstream_user
-        params["database"] = upstream_cfg.database or self.client_database
+        params["database"] = database
         # The database's own logs and pg_stat_activity name the machine identity.
         params["application_name"] = _application_name(principal, self.client_application)
         log.info(

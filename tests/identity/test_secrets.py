@@ -1,4 +1,4 @@
-"""gateway.identity.secrets: upstream password from env var or file, never leaked."""
+"""gateway.identity.secrets: upstream passwords from env var or file, never leaked."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import UpstreamConfig
+from gateway.config import RoleConfig, UpstreamConfig
 from gateway.identity.secrets import (
     MAX_SECRET_FILE_BYTES,
     SecretSourceError,
+    read_role_password,
     read_upstream_password,
 )
 
@@ -159,3 +160,96 @@ def test_errors_never_contain_the_secret(tmp_path: Path) -> None:
         failures.append(info.value)
     for exc in failures:
         assert SECRET not in str(exc) and SECRET not in repr(exc)
+
+
+# --------------------------------------------------------------------------- role secrets
+
+
+def role(password_env: str = "", password_file: str = "") -> RoleConfig:
+    return RoleConfig(
+        name="etl_loader", upstream_user="etl", password_env=password_env,
+        password_file=password_file,
+    )
+
+
+def test_role_without_source_has_no_password() -> None:
+    assert read_role_password(role()) is None
+
+
+def test_role_password_from_env_mapping_and_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert read_role_password(role(password_env="ETL_PW"), {"ETL_PW": SECRET}) == SECRET
+    monkeypatch.setenv("PGW_TEST_ROLE_PW", SECRET)
+    assert read_role_password(role(password_env="PGW_TEST_ROLE_PW")) == SECRET
+
+
+def test_role_password_from_file_is_reread(tmp_path: Path) -> None:
+    path = tmp_path / "etl.pw"
+    cfg = role(password_file=str(path))
+    path.write_text(SECRET + "\n")
+    assert read_role_password(cfg) == SECRET
+    path.write_text("rotated\n")  # what a SIGHUP after a secret rotation picks up
+    assert read_role_password(cfg) == "rotated"
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"), [({}, "is not set"), ({"ETL_PW": ""}, "is empty")]
+)
+def test_role_env_errors_name_role_and_variable(
+    environ: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(SecretSourceError) as info:
+        read_role_password(role(password_env="ETL_PW"), environ)
+    message = str(info.value)
+    assert message.startswith('role "etl_loader": ')
+    assert "ETL_PW" in message and fragment in message
+    assert info.value.source == "env:ETL_PW"
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "No such file"),
+        (b"", "is empty"),
+        (b"x" * (MAX_SECRET_FILE_BYTES + 1), "larger than"),
+        (b"abc\xfedef", "not valid UTF-8"),
+    ],
+)
+def test_role_file_errors_name_role_and_path(
+    tmp_path: Path, content: bytes | None, fragment: str
+) -> None:
+    path = tmp_path / "etl.pw"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SecretSourceError) as info:
+        read_role_password(role(password_file=str(path)))
+    message = str(info.value)
+    assert message.startswith('role "etl_loader": ')
+    assert str(path) in message and fragment in message
+    assert info.value.source == f"file:{path}"
+    assert "abc" not in message and "0xfe" not in message
+
+
+def test_role_with_both_sources_refused() -> None:
+    with pytest.raises(SecretSourceError, match="both") as info:
+        read_role_password(role(password_env="P", password_file="/f"), {"P": SECRET})
+    assert SECRET not in str(info.value)
+    assert "etl_loader" in str(info.value)
+
+
+def test_role_errors_never_contain_the_secret(tmp_path: Path) -> None:
+    path = tmp_path / "pw"
+    path.write_text(SECRET * (MAX_SECRET_FILE_BYTES // len(SECRET) + 1))
+    for cfg, environ in (
+        (role(password_file=str(path)), {}),
+        (role(password_env="MISSING"), {"OTHER": SECRET}),
+    ):
+        with pytest.raises(SecretSourceError) as info:
+            read_role_password(cfg, environ)
+        assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+def test_upstream_messages_unchanged_by_role_support() -> None:
+    # The [upstream] credential's messages carry no role prefix.
+    with pytest.raises(SecretSourceError) as info:
+        read_upstream_password(upstream(password_env="PGW_PASS"), {})
+    assert str(info.value) == "upstream password environment variable PGW_PASS is not set"
