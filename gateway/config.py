@@ -110,6 +110,8 @@ class UpstreamConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     sslrootcert: str = ""
     connect_timeout: float = 10.0
+    pool_size: int = 16  # idle upstream sessions kept per worker and key; 0 = no pooling
+    pool_idle_timeout: float = 60.0  # an idle pooled session is closed after this
 
 
 class ClientEntry(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -754,6 +756,13 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
         yield (
             ("upstream", "connect_timeout"),
             f"must be a positive number of seconds, got {u.connect_timeout}",
+        )
+    if u.pool_size < 0:
+        yield ("upstream", "pool_size"), f"must be >= 0 (0 = no pooling), got {u.pool_size}"
+    if not u.pool_idle_timeout > 0:
+        yield (
+            ("upstream", "pool_idle_timeout"),
+            f"must be a positive number of seconds, got {u.pool_idle_timeout}",
         )
     if u.sslrootcert and (problem := _readable_file_issue(u.sslrootcert)):
         yield ("upstream", "sslrootcert"), problem

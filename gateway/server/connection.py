@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, cast
 from gateway.identity.authenticate import AuthenticationFailed
 from gateway.identity.bindings import DatabaseNotAllowed, NoRoleBound
 from gateway.identity.principal import Principal
+from gateway.server.pool import PoolKey, pool_key
 from gateway.server.startup_params import StartupParamError, upstream_params
 from gateway.server.upstream import UpstreamError, UpstreamSession, open_upstream
 from gateway.session.relay import Relay
@@ -81,6 +82,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_user = ""
         self.client_database = ""
         self.key: tuple[int, int] | None = None
+        self.pool_key: PoolKey | None = None
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
@@ -147,12 +149,23 @@ class ClientConnection(asyncio.Protocol):
             self.relay.close("client disconnected" if exc is None else f"client error: {exc}")
             self.__dict__.pop("data_received", None)
         if self.upstream is not None:
-            upstream = self.upstream.transport
-            if not upstream.is_closing():
-                if previous is Phase.RELAY and self.relay is not None and self.relay.idle:
+            session = self.upstream
+            reusable = (
+                previous is Phase.RELAY
+                and self.relay is not None
+                and self.relay.idle
+                and self.pool_key is not None
+                and not session.transport.is_closing()
+            )
+            if reusable and self.relay is not None and self.pool_key is not None:
+                session.parameters.update(self.relay.parameters)
+                session.protocol.detach()
+                self.ctx.release_upstream(self.pool_key, session)
+            elif not session.transport.is_closing():
+                if self.relay is not None and self.relay.idle:
                     # A polite goodbye lets the backend exit without logging an EOF error.
-                    upstream.write(_TERMINATE)
-                upstream.close()
+                    session.transport.write(_TERMINATE)
+                session.transport.close()
 
     def pause_writing(self) -> None:
         # The client is slow: stop reading the server until the client catches up.
@@ -344,14 +357,17 @@ class ClientConnection(asyncio.Protocol):
             principal.describe(), principal.method, self.peer, role.name,
             role.upstream_user, self.client_application,
         )
+        key = pool_key(role.upstream_user, database, params)
         try:
-            session = await open_upstream(
-                upstream_cfg,
-                params,
-                binding.password,
-                write_buffer_high=ctx.config.server.write_buffer_high,
-                write_buffer_low=ctx.config.server.write_buffer_low,
-            )
+            session = await self._reuse(key, params["application_name"])
+            if session is None:
+                session = await open_upstream(
+                    upstream_cfg,
+                    params,
+                    binding.password,
+                    write_buffer_high=ctx.config.server.write_buffer_high,
+                    write_buffer_low=ctx.config.server.write_buffer_low,
+                )
         except UpstreamError as exc:
             log.warning("upstream session for %s failed: %s", principal.describe(), exc.detail)
             if exc.raw_error is not None:
@@ -360,12 +376,26 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._fatal(exc.sqlstate, exc.client_message)
             return
+        self.pool_key = key
         if self.closed:
             session.transport.close()
             return
         self._task = None
         self._attach(session)
         self._watch_expiry(principal, role.on_token_expiry)
+
+    async def _reuse(self, key: PoolKey, application_name: str) -> UpstreamSession | None:
+        """An idle pooled session for *key*, renamed for this principal, or None."""
+        while (session := self.ctx.pool.acquire(key)) is not None:
+            try:
+                await session.simple_query(f"SET application_name = '{application_name}'")
+            except (UpstreamError, OSError) as exc:
+                log.info("pooled upstream session dropped: %s", exc)
+                session.transport.close()
+                continue
+            session.uses += 1
+            return session
+        return None
 
     def _auth_failed(self, sqlstate: str, message: str) -> None:
         self.ctx.auth_failed(self.peer_ip)
@@ -412,7 +442,11 @@ class ClientConnection(asyncio.Protocol):
         proto.on_lost = self._upstream_lost
         proto.on_pause_writing = client.pause_reading
         proto.on_resume_writing = self._resume_client_reading
-        greeting = [backend.AUTH_OK, *session.startup_messages]
+        relay.on_terminate = self._client_terminated
+        # A fresh session replays its startup messages as PostgreSQL sent them; a reused
+        # one describes its parameters as they are after the reset.
+        startup = session.startup_messages if session.uses == 1 else session.greeting_parameters()
+        greeting = [backend.AUTH_OK, *startup]
         greeting.append(backend.backend_key_data(*self.key))
         greeting.append(backend.ready_for_query(bytes([session.tx_status])))
         client.writelines(greeting)
@@ -432,6 +466,12 @@ class ClientConnection(asyncio.Protocol):
             early = bytes(self._buf)
             self._buf.clear()
             self.data_received(early)
+
+    def _client_terminated(self) -> None:
+        # Terminate is not forwarded: connection_lost decides whether the upstream
+        # session ends or goes back to the pool.
+        if self.transport is not None:
+            self.transport.close()
 
     def _resume_client_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -516,7 +556,10 @@ def _application_name(principal: Principal, client_application: str) -> str:
     name = f"pgwarden:{principal.describe()}"
     if client_application:
         name += f" ({client_application})"
-    return name.encode()[:63].decode("utf-8", "ignore")
+    # PostgreSQL keeps only printable ASCII here; quotes and backslashes are replaced too,
+    # so that the name can be sent in a SET statement as a plain literal.
+    cleaned = "".join(c if " " <= c <= "~" and c not in "'\\" else "?" for c in name)
+    return cleaned[:63]
 
 
 def _message(msg_type: bytes, body: bytes) -> bytes:

@@ -22,6 +22,7 @@ from gateway.identity.principal import Principal
 from gateway.identity.ratelimit import FailureLimiter
 from gateway.identity.secrets import read_role_password, read_upstream_password
 from gateway.server.cancel import CancelRouter, secret_matches
+from gateway.server.pool import PoolKey, UpstreamPool, close_session
 from gateway.server.upstream import UpstreamSession, send_cancel
 from gateway.session.hooks import SessionHooks
 
@@ -120,6 +121,12 @@ class WorkerContext:
             # Kept across reloads otherwise: a SIGHUP must not forgive an attacker.
             self.limiter = FailureLimiter(*limits)
         self._default_role = implicit_role(config)
+        up = config.upstream
+        old_pool = getattr(self, "pool", None)
+        self.pool = UpstreamPool(up.pool_size, up.pool_idle_timeout)
+        if old_pool is not None:
+            # Idle sessions were opened with the old credentials and settings.
+            old_pool.close_all()
         self.cancel.workers = config.effective_workers()
         loop = _running_loop()
         if loop is not None:
@@ -133,7 +140,15 @@ class WorkerContext:
         if self.oidc is not None:
             await self.oidc.start()
 
+    def release_upstream(self, key: PoolKey, session: UpstreamSession) -> None:
+        """Reset and pool the upstream session of a client that left cleanly."""
+        if self.draining:
+            close_session(session)
+        else:
+            self._spawn(self.pool.release(key, session))
+
     async def stop(self) -> None:
+        self.pool.close_all()
         if self.oidc is not None:
             await self.oidc.close()
 

@@ -64,10 +64,47 @@ class UpstreamSession:
     transport: asyncio.Transport
     backend_pid: int
     backend_secret: int
-    #: ParameterStatus and NoticeResponse messages, raw, to replay to the client.
+    #: ParameterStatus and NoticeResponse messages, raw, to replay to the first client.
     startup_messages: list[bytes] = field(default_factory=list)
     tx_status: int = ord("I")
     tls: bool = False
+    #: Current values of the parameters the server reports (ParameterStatus), kept up to
+    #: date while pooled, to greet a later client with.
+    parameters: dict[str, str] = field(default_factory=dict)
+    #: Clients this backend has served (1 = fresh from the handshake).
+    uses: int = 1
+
+    def greeting_parameters(self) -> list[bytes]:
+        """ParameterStatus messages describing the session as it is now."""
+        return [
+            _message(b"S", k.encode() + b"\x00" + v.encode() + b"\x00")
+            for k, v in self.parameters.items()
+        ]
+
+    async def simple_query(self, sql: str) -> None:
+        """Run one statement while no client is attached (pool reset, greeting setup).
+
+        ParameterStatus changes it causes are recorded; an error is an UpstreamError.
+        """
+        protocol = self.protocol
+        self.transport.write(_message(b"Q", sql.encode() + b"\x00"))
+        error: bytes | None = None
+        while True:
+            msg_type, body = await protocol.read_message()
+            if msg_type == ord("S"):
+                name, _, rest = body.partition(b"\x00")
+                self.parameters[name.decode()] = rest.rstrip(b"\x00").decode()
+            elif msg_type == ord("E"):
+                error = body
+            elif msg_type == ord("Z"):
+                self.tx_status = body[0] if body else ord("I")
+                break
+        if error is not None:
+            fields = _error_fields(error)
+            raise UpstreamError(
+                "could not prepare the upstream session", fields.get("C", "08006"),
+                f"{sql!r} failed upstream: {fields.get('M', '')}",
+            )
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -154,6 +191,18 @@ class UpstreamProtocol(asyncio.Protocol):
                     del self._buf[: 1 + length]
                     return msg_type, body
             await self._wait()
+
+    def detach(self) -> None:
+        """Back to handshake mode: no relay, no client callbacks (the session is pooled)."""
+        self.relay = None
+        self.__dict__.pop("data_received", None)
+        self.on_lost = None
+        self.on_pause_writing = None
+        self.on_resume_writing = None
+        if self.transport is not None:
+            # uvloop caches data_received when the protocol is set: refresh it.
+            self.transport.set_protocol(self)
+            self.transport.resume_reading()
 
     def take_leftover(self) -> bytes:
         data = bytes(self._buf)
@@ -290,6 +339,9 @@ async def _handshake(
         msg_type, body = await protocol.read_message()
         if msg_type == ord("S") or msg_type == ord("N"):
             session.startup_messages.append(_message(bytes([msg_type]), body))
+            if msg_type == ord("S"):
+                name, _, rest = body.partition(b"\x00")
+                session.parameters[name.decode()] = rest.rstrip(b"\x00").decode()
         elif msg_type == ord("K"):
             if len(body) != 8:
                 raise UpstreamError(

@@ -109,6 +109,7 @@ class Worker:
             return
         log.info("worker %d draining %d connections", self.index, len(self.ctx.connections))
         self.ctx.draining = True
+        self.ctx.pool.close_all()
         if self.server is not None:
             self.server.close()
         self._drain_deadline = time.monotonic() + self.config.server.graceful_timeout
@@ -130,6 +131,7 @@ class Worker:
         assert self.ctx is not None
         log.info("worker %d stopping now", self.index)
         self.ctx.draining = True
+        self.ctx.pool.close_all()
         if self.server is not None:
             self.server.close()
         for conn in list(self.ctx.connections):

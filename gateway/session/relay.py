@@ -69,6 +69,7 @@ class Relay:
         "client_terminated",
         "on_client_violation",
         "on_server_violation",
+        "on_terminate",
         "parameters",
         "server",
     )
@@ -89,6 +90,9 @@ class Relay:
         #: Called instead of raising when a side breaks the protocol (see client_data).
         self.on_client_violation = on_client_violation
         self.on_server_violation = on_server_violation
+        #: Called when the client sends Terminate. The Terminate itself is not
+        #: forwarded: the caller decides whether the upstream session ends or is reused.
+        self.on_terminate: Callable[[], None] | None = None
         self._hooks = hooks if hooks is not None else SessionHooks()
         active = self._hooks.active
         # Copies of the shared tables, so that later work (policy) can change what one
@@ -193,7 +197,9 @@ class Relay:
             return None
         if msg_type == _X:
             self.client_terminated = True
-            return None
+            if self.on_terminate is not None:
+                self.on_terminate()
+            return b""
         raise ProtocolViolation(f"invalid frontend message type {msg_type}")
 
     # -- server -> client ---------------------------------------------------------------
@@ -246,6 +252,7 @@ class Relay:
         self._frontend.handler = _closed_handler
         self._backend.handler = _closed_handler
         self.on_client_violation = self.on_server_violation = None
+        self.on_terminate = None
 
 
 def _closed_handler(msg_type: int, body: memoryview) -> bytes | None:

@@ -209,9 +209,7 @@ def test_copy_binary_round_trip(pg: PgCluster, gateway: Gateway) -> None:
 
 
 def test_copy_out_50_mb_matches_direct(pg: PgCluster, gateway: Gateway) -> None:
-    query = (
-        "copy (select g, repeat(md5(g::text), 3) from generate_series(1, 500000) g) to stdout"
-    )
+    query = "copy (select g, repeat(md5(g::text), 3) from generate_series(1, 500000) g) to stdout"
 
     def digest(dsn: str) -> tuple[int, str]:
         h = hashlib.sha256()
@@ -237,9 +235,7 @@ def tls_upstream(start_gateway: Callable[..., Gateway]) -> Gateway:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls-both-sides"])
-def test_slow_reader_bounds_worker_memory(
-    tls: bool, request: pytest.FixtureRequest
-) -> None:
+def test_slow_reader_bounds_worker_memory(tls: bool, request: pytest.FixtureRequest) -> None:
     gw: Gateway = request.getfixturevalue("tls_upstream" if tls else "small")
     (worker,) = gw.children()
     rows, width = 300_000, 1000
@@ -258,8 +254,11 @@ def test_slow_reader_bounds_worker_memory(
         )
         assert ssl_in_use == "t"
     baseline = vm_rss(worker)
-    c.send(message(b"Q", f"select repeat('x', {width}) from generate_series(1, {rows})".encode()
-                   + b"\x00"))
+    c.send(
+        message(
+            b"Q", f"select repeat('x', {width}) from generate_series(1, {rows})".encode() + b"\x00"
+        )
+    )
 
     buf = bytearray(c.buf)
     c.buf = b""
@@ -319,7 +318,9 @@ def extended_batch(n: int) -> bytes:
             b"B",
             b"\x00\x00"  # portal, statement
             + b"\x00\x00"  # parameter formats: all text
-            + b"\x00\x01" + len(value).to_bytes(4, "big") + value
+            + b"\x00\x01"
+            + len(value).to_bytes(4, "big")
+            + value
             + b"\x00\x00",  # result formats: all text
         )
         out += message(b"E", b"\x00\x00\x00\x00\x00")
@@ -365,14 +366,17 @@ def test_pipelined_batch_in_one_write_and_byte_by_byte(gateway: Gateway) -> None
 
 
 def backend_count(pg: PgCluster, pid: int) -> int:
-    rows = pg.sql(
-        f"select count(*) from pg_stat_activity where usename = 'app' and pid = {pid}"
-    )
+    rows = pg.sql(f"select count(*) from pg_stat_activity where usename = 'app' and pid = {pid}")
     return int(rows[0][0])
 
 
-def test_terminate_closes_client_and_upstream(pg: PgCluster, gateway: Gateway) -> None:
-    c = RawClient(gateway.port)
+@pytest.fixture(scope="module")
+def unpooled(start_gateway: Callable[..., Gateway]) -> Gateway:
+    return start_gateway(workers=1, upstream_extra='sslmode = "prefer"\npool_size = 0')
+
+
+def test_terminate_closes_client_and_upstream(pg: PgCluster, unpooled: Gateway) -> None:
+    c = RawClient(unpooled.port)
     assert c.login()[-1] == (b"Z", b"I")
     pid = int(first_value(simple_query(c, "select pg_backend_pid()")))
     assert backend_count(pg, pid) == 1
@@ -427,3 +431,60 @@ def test_max_client_connections(start_gateway: Callable[..., Gateway]) -> None:
     finally:
         for conn in conns:
             conn.close()
+
+
+# -- Upstream session pooling ------------------------------------------------------------
+
+
+def test_pooled_session_is_reset_before_reuse(
+    pg: PgCluster, start_gateway: Callable[..., Gateway]
+) -> None:
+    gw = start_gateway(workers=1)
+    with psycopg.connect(gw.dsn(sslmode="disable", application_name="first"), autocommit=True) as a:
+        pid = a.info.backend_pid
+        upstream_pid = a.execute("select pg_backend_pid()").fetchone()
+        a.execute("set search_path = pg_catalog")
+        a.execute("set statement_timeout = 1234")
+        a.execute("create temp table leftover (x int)")
+        a.execute("prepare leftover_stmt as select 1")
+        a.execute("listen leftover_channel")
+        a.execute("select pg_advisory_lock(4242)")
+
+    # The client left cleanly: its backend is reset and reused by the next client.
+    def reused() -> tuple[object, ...] | None:
+        with psycopg.connect(
+            gw.dsn(sslmode="disable", application_name="second"), autocommit=True
+        ) as b:
+            if b.execute("select pg_backend_pid()").fetchone() != upstream_pid:
+                return None
+            assert b.info.backend_pid != pid  # a new gateway-issued key
+            return b.execute(
+                "select current_setting('search_path'), current_setting('statement_timeout'),"
+                " (select count(*) from pg_prepared_statements),"
+                " (select count(*) from pg_listening_channels()),"
+                " (select count(*) from pg_locks"
+                "  where locktype = 'advisory' and pid = pg_backend_pid()),"
+                " to_regclass('leftover') is null,"
+                " (select application_name from pg_stat_activity where pid = pg_backend_pid())"
+            ).fetchone()
+
+    state = None
+    for _ in range(20):
+        state = reused()
+        if state is not None:
+            break
+        time.sleep(0.1)
+    assert state is not None, "the pooled backend was never reused"
+    assert state == ('"$user", public', "0", 0, 0, 0, True, "pgwarden:static:job (second)")
+
+
+def test_session_in_transaction_is_not_pooled(
+    pg: PgCluster, start_gateway: Callable[..., Gateway]
+) -> None:
+    gw = start_gateway(workers=1)
+    c = RawClient(gw.port)
+    c.login()
+    upstream_pid = int(first_value(simple_query(c, "select pg_backend_pid()")))
+    simple_query(c, "begin")
+    c.close()  # gone with a transaction open: the backend must not be reused
+    assert poll(lambda: backend_count(pg, upstream_pid) == 0), "backend kept after abort"
