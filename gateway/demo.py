@@ -2,10 +2,12 @@
 
 It starts a PostgreSQL cluster from the Debian binaries in a scratch directory (SCRAM
 authentication on, a random superuser password), creates a least-privilege upstream
-user ``app`` and a database ``app``, writes a pgwarden configuration with TLS (a
-self-signed certificate) and one client identity, prints the connection string to paste
-into psql, and runs the gateway in the foreground until Ctrl-C. Everything it made is
-removed on exit unless ``--dir`` was given.
+user ``app`` and a database ``app``, starts a development OIDC issuer on loopback
+(``pgwarden dev issuer``, not for production), writes a pgwarden configuration with TLS
+(a self-signed certificate), that issuer, one static key and a role bound to both, prints
+the connection strings to paste into psql (one with a static key, one with a freshly
+minted token as the password), and runs the gateway in the foreground until Ctrl-C.
+Everything it made is removed on exit unless ``--dir`` was given.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,7 +47,51 @@ sslmode = "prefer"
 user = "demo"
 secret_hash = "{secret_hash}"
 label = "pgwarden demo client"
+
+# A development issuer (pgwarden dev issuer): NOT for production.
+[[issuers]]
+name = "dev"
+issuer = "{issuer_url}"
+audiences = ["pgwarden-demo"]
+allow_insecure_http = true
+
+[[roles]]
+name = "app_rw"
+upstream_user = "app"
+password_file = "{password_file}"
+databases = ["app"]
+
+[[bindings]]
+role = "app_rw"
+issuer = "static"
+subject = "demo"
+
+[[bindings]]
+role = "app_rw"
+issuer = "dev"
+subject = "demo-job"
 """
+
+
+def _start_dev_issuer() -> tuple[subprocess.Popen[str], str, str]:
+    """Run `pgwarden dev issuer` and read its URL and a minted token from its output."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "dev", "issuer", "--subject", "demo-job",
+         "--audience", "pgwarden-demo", "--ttl", "3600"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    url = token = ""
+    for line in proc.stdout:
+        if line.startswith("issuer: "):
+            url = line.split(" ", 1)[1].strip()
+        elif line.startswith("# token for"):
+            token = proc.stdout.readline().strip()
+            break
+    if not url or not token:
+        proc.kill()
+        raise RuntimeError("the development issuer did not start")
+    return proc, url, token
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -53,6 +101,7 @@ def run_demo(args: argparse.Namespace) -> int:
     base = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="pgwarden-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     cluster = PgCluster(base / "postgres")
+    issuer: subprocess.Popen[str] | None = None
     try:
         print(f"starting a throwaway PostgreSQL in {base / 'postgres'} ...", flush=True)
         cluster.start()
@@ -67,6 +116,7 @@ def run_demo(args: argparse.Namespace) -> int:
         password_file.chmod(0o600)
         cert, key = make_self_signed_cert(gateway_dir)
         client_secret = secrets.token_urlsafe(18)
+        issuer, issuer_url, token = _start_dev_issuer()
         config_path = gateway_dir / "pgwarden.toml"
         config_path.write_text(
             _CONFIG.format(
@@ -78,19 +128,26 @@ def run_demo(args: argparse.Namespace) -> int:
                 pg_port=cluster.port,
                 password_file=password_file,
                 secret_hash=hash_secret(client_secret),
+                issuer_url=issuer_url,
             )
         )
         config = load_config(config_path)
         print(
-            "\npgwarden is starting in front of it. Connect with:\n\n"
+            "\npgwarden is starting in front of it. Connect with a static key:\n\n"
             f'  psql "postgresql://demo:{client_secret}@127.0.0.1:{args.port}/app'
             '?sslmode=require"\n\n'
+            "or as the machine identity 'demo-job' with an OIDC token as the password:\n\n"
+            f'  PGPASSWORD={token} psql "host=127.0.0.1 port={args.port} dbname=app '
+            'user=demo-job sslmode=require"\n\n'
             f"configuration: {config_path}\n"
             "Ctrl-C stops pgwarden and the throwaway PostgreSQL.\n",
             flush=True,
         )
         return serve(config, str(config_path))
     finally:
+        if issuer is not None:
+            issuer.terminate()
+            issuer.wait()
         cluster.stop()
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
