@@ -450,30 +450,28 @@ def test_pooled_session_is_reset_before_reuse(
         a.execute("listen leftover_channel")
         a.execute("select pg_advisory_lock(4242)")
 
-    # The client left cleanly: its backend is reset and reused by the next client.
-    def reused() -> tuple[object, ...] | None:
-        with psycopg.connect(
-            gw.dsn(sslmode="disable", application_name="second"), autocommit=True
-        ) as b:
-            if b.execute("select pg_backend_pid()").fetchone() != upstream_pid:
-                return None
-            assert b.info.backend_pid != pid  # a new gateway-issued key
-            return b.execute(
-                "select current_setting('search_path'), current_setting('statement_timeout'),"
-                " (select count(*) from pg_prepared_statements),"
-                " (select count(*) from pg_listening_channels()),"
-                " (select count(*) from pg_locks"
-                "  where locktype = 'advisory' and pid = pg_backend_pid()),"
-                " to_regclass('leftover') is null,"
-                " (select application_name from pg_stat_activity where pid = pg_backend_pid())"
-            ).fetchone()
-
-    state = None
-    for _ in range(20):
-        state = reused()
-        if state is not None:
-            break
-        time.sleep(0.1)
+    # The client left cleanly: its backend is reset (DISCARD ALL) and pooled ...
+    (upid,) = upstream_pid or (0,)
+    assert poll(
+        lambda: (
+            pg.sql(f"select query from pg_stat_activity where pid = {upid}") == [("DISCARD ALL",)]
+        )
+    ), "the backend was not reset for reuse"
+    # ... and the next client of the same role gets it.
+    with psycopg.connect(
+        gw.dsn(sslmode="disable", application_name="second"), autocommit=True
+    ) as b:
+        assert b.execute("select pg_backend_pid()").fetchone() == upstream_pid
+        assert b.info.backend_pid != pid  # a new gateway-issued key
+        state = b.execute(
+            "select current_setting('search_path'), current_setting('statement_timeout'),"
+            " (select count(*) from pg_prepared_statements),"
+            " (select count(*) from pg_listening_channels()),"
+            " (select count(*) from pg_locks"
+            "  where locktype = 'advisory' and pid = pg_backend_pid()),"
+            " to_regclass('leftover') is null,"
+            " (select application_name from pg_stat_activity where pid = pg_backend_pid())"
+        ).fetchone()
     assert state is not None, "the pooled backend was never reused"
     assert state == ('"$user", public', "0", 0, 0, 0, True, "pgwarden:static:job (second)")
 
