@@ -57,6 +57,14 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="working directory, kept on exit (default: a temp dir, removed on exit)",
     )
+    policy = sub.add_parser(
+        "policy",
+        help="policy tools: 'pgwarden policy check --config F --role R \"SQL\"'",
+        description="Dry-run statements against the configured policy.",
+    )
+    policy.add_argument("tool", choices=["check"], help="the policy tool to run")
+    policy.add_argument("rest", nargs=argparse.REMAINDER, help="the tool's own options")
+
     dev = sub.add_parser(
         "dev",
         help="development helpers (NOT for production)",
@@ -144,6 +152,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from gateway.policy.check import main as policy_check_main
+
+    return policy_check_main(list(args.rest))
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from gateway.identity.dev_issuer import main as dev_issuer_main
 
@@ -152,6 +166,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
 _COMMANDS = {
     "dev": _cmd_dev,
+    "policy": _cmd_policy,
     "serve": _cmd_serve,
     "check-config": _cmd_check_config,
     "hash-secret": _cmd_hash_secret,

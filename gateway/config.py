@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import fnmatch
 import ipaddress
 import os
 import re
@@ -49,7 +50,9 @@ __all__ = [
     "ConfigIssue",
     "IssuerConfig",
     "LogConfig",
+    "PolicyConfig",
     "RoleConfig",
+    "RuleConfig",
     "ServerConfig",
     "TlsConfig",
     "UpstreamConfig",
@@ -159,6 +162,8 @@ class RoleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     password_file: str = ""
     databases: list[str] = msgspec.field(default_factory=lambda: ["*"])  # "*" = any
     on_token_expiry: Literal["finish", "terminate"] = "finish"
+    # Decision for statements no policy rule matches; None = [policy] default_action.
+    default_action: Literal["allow", "approve", "block"] | None = None
 
 
 class BindingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -170,6 +175,37 @@ class BindingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     client_id: str = ""  # exact azp/client_id; "" = any
     groups: list[str] = []  # the principal must be in at least one; [] = no condition
     claims: dict[str, str] = {}  # exact equality on string claims
+
+
+class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """How statements are decided when no rule matches, the baseline pack, the caches."""
+
+    default_action: Literal["allow", "approve", "block"] = "allow"
+    baseline: bool = True  # the built-in least-privilege pack (docs/policy.md)
+    cache_size: int = 10000  # decisions kept per worker, keyed by normalized statement
+    exact_cache_size: int = 10000  # decisions kept per worker, keyed by exact text
+
+
+class RuleConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One policy rule (``[[rules]]``), tried in file order before the baseline pack."""
+
+    id: str
+    action: Literal["allow", "approve", "block"]
+    message: str = ""
+    observe: bool = False  # log what the rule would decide, do not enforce it
+    # scope ([] = any)
+    roles: list[str] = []
+    principals: list[str] = []  # globs on "issuer:subject"
+    databases: list[str] = []
+    # matchers ([] = any)
+    kinds: list[str] = []
+    categories: list[str] = []
+    commands: list[str] = []
+    relations: list[str] = []
+    relation_mode: Literal["any", "read", "write"] = "any"
+    functions: list[str] = []
+    flags: list[str] = []
+    overrides: list[str] = []  # globs of baseline rule ids this rule may loosen
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -194,6 +230,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     issuers: list[IssuerConfig] = []
     roles: list[RoleConfig] = []
     bindings: list[BindingConfig] = []
+    policy: PolicyConfig = PolicyConfig()
+    rules: list[RuleConfig] = []
     log: LogConfig = LogConfig()
 
     def effective_workers(self) -> int:
@@ -676,6 +714,71 @@ def _binding_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
             yield (*at, "claims"), "must not contain an empty claim name"
 
 
+#: Largest accepted decision cache (entries per worker).
+MAX_POLICY_CACHE = 10_000_000
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _policy_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
+    # Imported here: the policy vocabulary lives with the policy, and check-config should
+    # not pay for it unless there is a policy section to check. Neither module imports
+    # gateway.sql (pglast).
+    from gateway.policy.baseline import BASELINE_IDS
+    from gateway.policy.model import CATEGORIES, FLAGS, KINDS
+
+    p = cfg.policy
+    for key in ("cache_size", "exact_cache_size"):
+        value = getattr(p, key)
+        if not 0 <= value <= MAX_POLICY_CACHE:
+            yield (
+                ("policy", key),
+                f"must be between 0 (no cache) and {MAX_POLICY_CACHE}, got {value}",
+            )
+
+    role_names = {role.name for role in cfg.roles}
+    ids: dict[str, int] = {}
+    for index, rule in enumerate(cfg.rules):
+        at = ("rules", index)
+        if not rule.id:
+            yield (*at, "id"), "must not be empty"
+        elif not _RULE_ID.fullmatch(rule.id):
+            yield (*at, "id"), f"{rule.id!r} may contain only letters, digits, '_', '-', '.', ':'"
+        elif rule.id.startswith("baseline.") or rule.id in ("default", "syntax"):
+            yield (*at, "id"), f"{rule.id!r} is reserved for built-in decisions"
+        elif rule.id in ids:
+            yield (*at, "id"), f"duplicate rule id {rule.id!r} (also rules[{ids[rule.id]}])"
+        else:
+            ids[rule.id] = index
+        for key in ("roles", "principals", "databases", "commands", "relations", "functions"):
+            if any(not value.strip() for value in getattr(rule, key)):
+                yield (*at, key), "must not contain an empty entry"
+        if cfg.roles:
+            for name in rule.roles:
+                if not any(ch in name for ch in "*?[") and name not in role_names:
+                    known = ", ".join(repr(n) for n in sorted(role_names))
+                    yield (*at, "roles"), f"no role named {name!r} (roles: {known})"
+        for key, known_values, spell in (
+            ("kinds", KINDS, str.upper), ("categories", CATEGORIES, str.lower),
+            ("flags", FLAGS, str.lower),
+        ):
+            for value in getattr(rule, key):
+                if spell(value) not in known_values:
+                    # A misspelt matcher would silently never match: a block that is not.
+                    hint = difflib.get_close_matches(spell(value), known_values, n=1)
+                    suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+                    what = "category" if key == "categories" else key[:-1]
+                    yield (*at, key), f"unknown {what} {value!r}{suffix}"
+        for pattern in rule.overrides:
+            if not any(fnmatch.fnmatchcase(rid, pattern) for rid in BASELINE_IDS):
+                yield (
+                    (*at, "overrides"),
+                    f"{pattern!r} names no baseline rule "
+                    f"(baseline rules: {', '.join(BASELINE_IDS)})",
+                )
+        if rule.overrides and rule.observe:
+            yield (*at, "overrides"), "an observe rule decides nothing, so it cannot override"
+
+
 def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
     s, t, u = cfg.server, cfg.tls, cfg.upstream
 
@@ -791,6 +894,7 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
     yield from _issuer_issues(cfg)
     yield from _role_issues(cfg)
     yield from _binding_issues(cfg)
+    yield from _policy_issues(cfg)
 
 
 # --------------------------------------------------------------------------- loading
