@@ -40,6 +40,8 @@ runs whatever ``p``/``f`` contain); the SQL text run by ``DO`` blocks and SQL-le
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -658,6 +660,29 @@ def fingerprint(sql: str) -> str:
     return _call(parser.fingerprint, sql)
 
 
+# orjson refuses JSON nested deeper than 1024 levels (about 100 nested subqueries, or a
+# few hundred chained binary operators). Such trees are rare but legitimate, so they are
+# decoded by the standard library with a raised recursion limit instead; beyond that the
+# statement is refused (fail closed), never passed through unanalysed.
+_DEEP_RECURSION_LIMIT = 30000
+
+
+def _loads(document: str) -> dict[str, Any]:
+    try:
+        return orjson.loads(document)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError as exc:
+        if "depth" not in str(exc):
+            raise
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, _DEEP_RECURSION_LIMIT))
+    try:
+        return json.loads(document)  # type: ignore[no-any-return]
+    except RecursionError:
+        raise SqlSyntaxError("statement is nested too deeply to be analysed", None) from None
+    finally:
+        sys.setrecursionlimit(previous)
+
+
 def normalize(sql: str) -> str:
     """The string with its constants replaced by ``$n`` placeholders."""
     return _call(parser.normalize, sql)
@@ -669,7 +694,7 @@ def analyze(sql: str) -> Analysis:
     An empty string (or only comments / semicolons) gives zero statements.
     """
     fp = _call(parser.fingerprint, sql)
-    tree = orjson.loads(_call(parser.parse_sql_json, sql))
+    tree = _loads(_call(parser.parse_sql_json, sql))
     raw = tree.get("stmts") or []
     encoded: bytes | None = None if sql.isascii() else sql.encode("utf-8")
     statements = []
