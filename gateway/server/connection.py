@@ -540,7 +540,6 @@ class ClientConnection(asyncio.Protocol):
     def _close(self, abort: bool = False) -> None:
         if self.transport is None:
             return
-        self.relay = None if self.phase is not Phase.RELAY else self.relay
         if abort:
             self.transport.abort()
         else:
