@@ -388,7 +388,10 @@ class ClientConnection(asyncio.Protocol):
         """An idle pooled session for *key*, renamed for this principal, or None."""
         while (session := self.ctx.pool.acquire(key)) is not None:
             try:
-                await session.simple_query(f"SET application_name = '{application_name}'")
+                # After DISCARD ALL the name is the one the backend started with; a job
+                # that reconnects as the same principal needs no round trip at all.
+                if session.parameters.get("application_name") != application_name:
+                    await session.simple_query(f"SET application_name = '{application_name}'")
             except (UpstreamError, OSError) as exc:
                 log.info("pooled upstream session dropped: %s", exc)
                 session.transport.close()

@@ -486,3 +486,25 @@ def test_session_in_transaction_is_not_pooled(
     simple_query(c, "begin")
     c.close()  # gone with a transaction open: the backend must not be reused
     assert poll(lambda: backend_count(pg, upstream_pid) == 0), "backend kept after abort"
+
+
+def test_reused_session_shows_the_new_clients_identity(
+    pg: PgCluster, start_gateway: Callable[..., Gateway]
+) -> None:
+    gw = start_gateway(workers=1)
+    with psycopg.connect(gw.dsn(sslmode="disable", application_name="x"), autocommit=True) as a:
+        upstream_pid = a.execute("select pg_backend_pid()").fetchone()
+        # The client renames itself; the next client must not inherit that name.
+        a.execute("set application_name = 'sneaky'")
+    (upid,) = upstream_pid or (0,)
+    assert poll(
+        lambda: (
+            pg.sql(f"select query from pg_stat_activity where pid = {upid}") == [("DISCARD ALL",)]
+        )
+    )
+    with psycopg.connect(gw.dsn(sslmode="disable", application_name="x"), autocommit=True) as b:
+        assert b.execute("select pg_backend_pid()").fetchone() == upstream_pid
+        row = b.execute(
+            "select application_name from pg_stat_activity where pid = pg_backend_pid()"
+        ).fetchone()
+    assert row == ("pgwarden:static:job (x)",)
