@@ -1,5 +1,5 @@
 # The two commands of the README. Both set up everything they need first.
-.PHONY: bootstrap demo test lint bench
+.PHONY: bootstrap demo test lint bench bench-quick micro
 
 bootstrap:
 	./scripts/bootstrap
@@ -14,3 +14,9 @@ test: bootstrap
 
 bench: bootstrap
 	python3 -m benchmarks.compare
+
+bench-quick: bootstrap
+	python3 -m benchmarks.compare --quick
+
+micro: bootstrap
+	python3 -m pytest benchmarks/micro --benchmark-enable --benchmark-only -p no:cacheprovider

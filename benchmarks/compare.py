@@ -1,18 +1,33 @@
 """Compare direct PostgreSQL, PgBouncer and pgwarden on this machine, as ratios.
 
-    python -m benchmarks.compare [--quick] [--rounds N] [--duration S] [--clients 8]
-                                 [--targets direct,pgbouncer,pgwarden] [--modes simple,prepared]
-                                 [--out benchmarks/RESULTS.md] [--json out.json]
+    python -m benchmarks.compare            # full run, about 15-20 minutes here
+    python -m benchmarks.compare --quick    # every measurement with small sizes (CI)
 
-It starts a throwaway cluster (:mod:`gateway.devcluster`), loads ``pgbench -i -s 10``,
-creates one login role, puts PgBouncer (session mode) and pgwarden (1 worker) in front of
-it, and then runs interleaved rounds: in every round, for every query mode, every target
-runs ``pgbench -S -M <mode> -c 8 -j 2 -T <duration> -n`` (the order of the targets rotates
-from one run to the next), then every target runs ``\\copy pgbench_accounts to /dev/null``
-through ``psql``. For proxies it records the CPU time (utime + stime from ``/proc``) of the
-proxy's whole process tree during each run and divides it by the transactions pgbench
-reports. It prints and writes a Markdown report of the medians and the ratios
-pgwarden/PgBouncer (tps, CPU µs per statement) and pgwarden/direct (COPY wall time).
+Options: ``--rounds N --duration S --clients 1,8,32 --modes simple,extended,prepared
+--targets direct,pgbouncer,pgwarden --only/--skip pgbench,connect,copy,select,idle,scaling
+--copy-rows --select-rows --idle-connections --scaling-workers 1,2 --out --json --chart``.
+
+It starts a throwaway cluster (:mod:`gateway.devcluster`), loads ``pgbench -i -s 10``, a
+``copy_src`` table of 2.5M rows of about 97 bytes of COPY text (243 MB) and its COPY file,
+creates one login role, puts PgBouncer (session mode) and pgwarden (1 worker, plus one
+instance per other worker count of the scaling test) in front of it, warms every target
+up, and then runs interleaved rounds. In every round, with the order of the targets
+rotating from one measurement to the next:
+
+1. ``pgbench -S -M <mode> -c <C> -j min(C, 2) -T <duration>`` for every mode and client
+   count through every target: tps, average latency, p99 latency (from a sampled
+   per-transaction log), proxy CPU µs per statement;
+2. ``pgbench -C -S -c 8``: connections per second, proxy CPU µs per connection;
+3. COPY OUT (``\\copy copy_src to /dev/null``) and COPY IN (``\\copy copy_dst from
+   <file>`` into an emptied unlogged table) with psql: MB/s;
+4. a 1,000,000-row SELECT streamed by psycopg: rows/s;
+5. pgwarden with 1..N workers under ``pgbench -S`` at 8 and 32 clients;
+6. 1,000 idle sessions through a fresh instance of each proxy: memory per connection.
+
+It writes ``benchmarks/RESULTS.md`` (command, machine, issue 3's targets with PASS/MISS,
+every table and every raw sample), ``benchmarks/ratios.png`` and, with ``--json``, the raw
+data. Quick mode writes ``benchmarks/RESULTS-quick.md`` and ``ratios-quick.png`` unless
+told otherwise, so that it never overwrites the full results.
 
 The machine is small and shared: trust ratios from interleaved rounds, not absolute numbers.
 Every process it starts is stopped on exit, Ctrl-C (SIGINT), SIGTERM or an error.
@@ -22,40 +37,106 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
-import json
 import os
-import platform
-import re
+import resource
 import secrets
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
+from benchmarks import measure
+from benchmarks.idle import idle_memory
+from benchmarks.machine import (
+    _cpu_model,
+    _first_line,
+    _git_commit,
+    _loadavg,
+    loadavg_1min,
+    machine_info,
+)
+from benchmarks.measure import PgbenchOutput, Sample, parse_pgbench
+from benchmarks.proctools import TreeMemory, tree_memory
+from benchmarks.report import (
+    PGBOUNCER_PLAIN,
+    TARGET_ORDER,
+    ReportInput,
+    fmt,
+    median,
+    ratio,
+    ratios,
+    render_markdown,
+    summarize,
+    target_checks,
+    write_json,
+)
 from benchmarks.targets import (
     Target,
     direct_target,
-    pgbouncer_binary,
     start_pgbouncer,
     start_pgwarden,
 )
 from gateway.devcluster import PgCluster
 
+__all__ = [
+    "ALL_MODES",
+    "ALL_SECTIONS",
+    "ALL_TARGETS",
+    "DBNAME",
+    "ROLE",
+    "CopyRun",
+    "PgbenchOutput",
+    "Settings",
+    "_cpu_model",
+    "_exit_on_signal",
+    "_first_line",
+    "_fmt",
+    "_git_commit",
+    "_loadavg",
+    "_log",
+    "_median",
+    "_ratio",
+    "main",
+    "parse_args",
+    "parse_pgbench",
+    "prepare_cluster",
+    "rotated",
+    "run",
+    "run_copy",
+    "run_pgbench",
+    "warm_up",
+    "workdir",
+]
+
 ALL_TARGETS = ("direct", "pgbouncer", "pgwarden")
 ALL_MODES = ("simple", "extended", "prepared")
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+ALL_SECTIONS = ("pgbench", "connect", "copy", "select", "scaling", "idle")
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "RESULTS.md"
+DEFAULT_CHART = HERE / "ratios.png"
+QUICK_OUT = HERE / "RESULTS-quick.md"
+QUICK_CHART = HERE / "ratios-quick.png"
 DBNAME = "bench"
 ROLE = "bench"
+COPY_SRC = "copy_src"
+COPY_DST = "copy_dst"
+
+T = TypeVar("T")
+
+# Helpers other benchmark scripts (benchmarks/protocol_modes.py) import from here.
+_fmt = fmt
+_median = median
+_ratio = ratio
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -63,9 +144,12 @@ ROLE = "bench"
 
 @dataclass(frozen=True)
 class Settings:
+    """What to run. The first fields are also what :func:`run_pgbench`, :func:`warm_up`
+    and :func:`prepare_cluster` read when other scripts call them."""
+
     rounds: int
     duration: int
-    clients: int
+    clients: int  # the single -c of run_pgbench/warm_up; see client_counts for compare
     jobs: int
     scale: int
     modes: tuple[str, ...]
@@ -78,10 +162,24 @@ class Settings:
     keep: bool
     quick: bool
     argv: tuple[str, ...] = field(default=())
+    client_counts: tuple[int, ...] = (1, 8, 32)
+    sections: tuple[str, ...] = ALL_SECTIONS
+    connect_clients: int = 8
+    copy_rows: int = 2_500_000
+    select_rows: int = 1_000_000
+    idle_connections: int = 1000
+    scaling_workers: tuple[int, ...] = (1, 2)
+    scaling_clients: tuple[int, ...] = (8, 32)
+    scaling_mode: str = "simple"
+    sampling_rate: float = 0.1
+    chart: Path | None = None
 
     @property
     def command(self) -> str:
         return shlex.join(["python", "-m", "benchmarks.compare", *self.argv])
+
+    def has(self, section: str) -> bool:
+        return section in self.sections
 
 
 def _csv(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
@@ -95,87 +193,141 @@ def _csv(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        items = tuple(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
+    if not items or min(items) < 1:
+        raise argparse.ArgumentTypeError(f"integers >= 1, got {text!r}")
+    return items
+
+
+def _output(given: str | None, default: Path) -> Path | None:
+    """``--out``/``--chart``: not given = the default, ``-`` = none."""
+    if given is None:
+        return default
+    return None if given == "-" else Path(given)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks.compare", description=__doc__.split("\n")[0])
+    nproc = len(os.sched_getaffinity(0))
+    p = argparse.ArgumentParser(
+        prog="benchmarks.compare",
+        description=(__doc__ or "").split("\n")[0],
+    )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="1 round of 2 s runs, 1 s warm-up (defaults: 3 rounds of 5 s)",
+        help="CI mode: 1 round, 1 s runs, pgbench -i -s 1, 100k-row COPY and SELECT, "
+        "100 idle connections; writes RESULTS-quick.md / ratios-quick.png by default",
     )
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
-    p.add_argument("--duration", type=int, help="seconds per pgbench run (default 5, quick 2)")
-    p.add_argument("--clients", type=int, default=8, help="pgbench -c (default 8)")
-    p.add_argument("--jobs", type=int, default=2, help="pgbench -j (default 2)")
-    p.add_argument("--scale", type=int, default=10, help="pgbench -i -s (default 10)")
+    p.add_argument("--duration", type=int, help="seconds per pgbench run (default 5, quick 1)")
+    p.add_argument("--warmup", type=int, help="warm-up seconds per target and mode (2, quick 1)")
+    p.add_argument(
+        "--clients", type=_ints, default=(1, 8, 32), help="pgbench -c values (default 1,8,32)"
+    )
+    p.add_argument("--scale", type=int, help="pgbench -i -s (default 10, quick 1)")
     p.add_argument(
         "--modes",
         type=_csv(ALL_MODES),
-        default=("simple", "prepared"),
-        help="pgbench -M modes, comma-separated (default simple,prepared)",
+        default=ALL_MODES,
+        help="pgbench -M modes (default: all three)",
     )
     p.add_argument(
         "--targets",
         type=_csv(ALL_TARGETS),
         default=ALL_TARGETS,
-        help="comma-separated subset of direct,pgbouncer,pgwarden (default: all)",
+        help="what to compare (default: all three)",
     )
-    p.add_argument("--workers", type=int, default=1, help="pgwarden workers (default 1)")
-    p.add_argument("--no-copy", dest="copy", action="store_false", help="skip the COPY OUT runs")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"Markdown report (default {DEFAULT_OUT}); '-' for none",
+        "--only", type=_csv(ALL_SECTIONS), help=f"run only these of {','.join(ALL_SECTIONS)}"
     )
-    p.add_argument("--json", dest="json_path", type=Path, help="also write raw results as JSON")
+    p.add_argument("--skip", type=_csv(ALL_SECTIONS), default=(), help="skip these sections")
+    p.add_argument("--no-copy", dest="copy", action="store_false", help="same as --skip copy")
+    p.add_argument("--workers", type=int, default=1, help="workers of the compared pgwarden (1)")
+    p.add_argument("--connect-clients", type=int, default=8, help="pgbench -C -c (8)")
+    p.add_argument("--copy-rows", type=int, help="rows of the COPY table (2.5M, quick 100k)")
+    p.add_argument("--select-rows", type=int, help="rows streamed (1M, quick 100k)")
+    p.add_argument("--idle-connections", type=int, help="idle sessions held (1000, quick 100)")
+    p.add_argument(
+        "--scaling-workers",
+        type=_ints,
+        default=tuple(range(1, nproc + 1)),
+        help=f"pgwarden worker counts of the scaling test (1..nproc = 1..{nproc})",
+    )
+    p.add_argument(
+        "--scaling-clients", type=_ints, default=(8, 32), help="scaling pgbench -c (8,32)"
+    )
+    p.add_argument(
+        "--scaling-mode", choices=ALL_MODES, default="simple", help="scaling pgbench -M (simple)"
+    )
+    p.add_argument(
+        "--sampling-rate",
+        type=float,
+        default=0.1,
+        help="pgbench --sampling-rate of the per-transaction log the p99 comes from (0.1)",
+    )
+    p.add_argument("--out", help=f"Markdown report ('-': none; default {DEFAULT_OUT})")
+    p.add_argument("--chart", help=f"PNG of the ratios ('-': none; default {DEFAULT_CHART})")
+    p.add_argument("--json", dest="json_path", type=Path, help="also write everything as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     return p
 
 
 def parse_args(argv: Sequence[str]) -> Settings:
-    ns = build_parser().parse_args(argv)
-    rounds = ns.rounds if ns.rounds is not None else (1 if ns.quick else 3)
-    duration = ns.duration if ns.duration is not None else (2 if ns.quick else 5)
-    if rounds < 1 or duration < 1 or ns.clients < 1 or ns.jobs < 1:
-        build_parser().error("--rounds, --duration, --clients and --jobs must be >= 1")
-    return Settings(
-        rounds=rounds,
-        duration=duration,
-        clients=ns.clients,
-        jobs=ns.jobs,
-        scale=ns.scale,
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    q = ns.quick
+
+    def pick(value: Any, full: Any, quick: Any) -> Any:
+        return value if value is not None else (quick if q else full)
+
+    sections = tuple(
+        s for s in (ns.only or ALL_SECTIONS) if s not in ns.skip and (ns.copy or s != "copy")
+    )
+    settings = Settings(
+        rounds=pick(ns.rounds, 3, 1),
+        duration=pick(ns.duration, 5, 1),
+        clients=max(ns.clients),
+        jobs=measure.jobs_for(max(ns.clients)),
+        scale=pick(ns.scale, 10, 1),
         modes=ns.modes,
         targets=ns.targets,
         workers=ns.workers,
-        warmup=1 if ns.quick else 2,
-        copy=ns.copy,
-        out=None if str(ns.out) == "-" else ns.out,
+        warmup=pick(ns.warmup, 2, 1),
+        copy="copy" in sections,
+        out=_output(ns.out, QUICK_OUT if q else DEFAULT_OUT),
         json_path=ns.json_path,
         keep=ns.keep,
-        quick=ns.quick,
+        quick=q,
         argv=tuple(argv),
+        client_counts=ns.clients,
+        sections=sections,
+        connect_clients=ns.connect_clients,
+        copy_rows=pick(ns.copy_rows, 2_500_000, 100_000),
+        select_rows=pick(ns.select_rows, 1_000_000, 100_000),
+        idle_connections=pick(ns.idle_connections, 1000, 100),
+        scaling_workers=ns.scaling_workers,
+        scaling_clients=ns.scaling_clients,
+        scaling_mode=ns.scaling_mode,
+        sampling_rate=ns.sampling_rate,
+        chart=_output(ns.chart, QUICK_CHART if q else DEFAULT_CHART),
     )
+    numbers = (settings.rounds, settings.duration, settings.scale, settings.workers,
+               settings.copy_rows, settings.select_rows, settings.idle_connections,
+               settings.connect_clients, settings.warmup)  # fmt: skip
+    if min(numbers) < 1:
+        parser.error("counts, sizes and durations must be >= 1")
+    if not 0.0 < settings.sampling_rate <= 1.0:
+        parser.error("--sampling-rate must be in (0, 1]")
+    if not sections:
+        parser.error("--only/--skip left nothing to run")
+    return settings
 
 
-# -- one measurement ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PgbenchRun:
-    round: int
-    mode: str
-    target: str
-    tps: float
-    latency_ms: float
-    transactions: int
-    failed: int
-    proxy_cpu_s: float | None
-
-    @property
-    def cpu_us_per_stmt(self) -> float | None:
-        if self.proxy_cpu_s is None or self.transactions == 0:
-            return None
-        return self.proxy_cpu_s * 1e6 / self.transactions
+# -- helpers shared with other benchmark scripts ------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -186,50 +338,6 @@ class CopyRun:
     proxy_cpu_s: float | None
 
 
-@dataclass(frozen=True)
-class PgbenchOutput:
-    tps: float
-    latency_ms: float
-    transactions: int
-    failed: int
-
-
-def _search(pattern: str, text: str) -> re.Match[str]:
-    match = re.search(pattern, text, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"pgbench output has no {pattern!r}:\n{text}")
-    return match
-
-
-def parse_pgbench(text: str) -> PgbenchOutput:
-    """tps, average latency, transactions and failures from pgbench's summary."""
-    failed = re.search(r"^number of failed transactions: (\d+)", text, re.MULTILINE)
-    return PgbenchOutput(
-        tps=float(_search(r"^tps = ([\d.]+) \((?:without|excluding)", text).group(1)),
-        latency_ms=float(_search(r"^latency average = ([\d.]+) ms", text).group(1)),
-        transactions=int(
-            _search(r"^number of transactions actually processed: (\d+)", text).group(1)
-        ),
-        failed=int(failed.group(1)) if failed else 0,
-    )
-
-
-def _pgbench_argv(cluster: PgCluster, mode: str, settings: Settings, duration: int) -> list[str]:
-    return [
-        str(cluster.bindir / "pgbench"),
-        "-S",
-        "-M",
-        mode,
-        "-c",
-        str(settings.clients),
-        "-j",
-        str(settings.jobs),
-        "-T",
-        str(duration),
-        "-n",
-    ]
-
-
 def _cpu_delta(target: Target, before: float | None) -> float | None:
     after = target.proxy_cpu_seconds()
     return None if before is None or after is None else after - before
@@ -238,17 +346,17 @@ def _cpu_delta(target: Target, before: float | None) -> float | None:
 def run_pgbench(
     cluster: PgCluster, target: Target, mode: str, settings: Settings, duration: int
 ) -> tuple[PgbenchOutput, float | None]:
-    """One pgbench run through ``target``; returns its summary and the proxy's CPU seconds."""
-    argv = _pgbench_argv(cluster, mode, settings, duration)
+    """``pgbench -S -M mode -c settings.clients -j settings.jobs -T duration -n`` through
+    ``target``; returns its summary and the proxy's CPU seconds (no latency log)."""
+    argv = [
+        str(cluster.bindir / "pgbench"), "-S", "-M", mode, "-c", str(settings.clients),
+        "-j", str(settings.jobs), "-T", str(duration), "-n",
+    ]  # fmt: skip
     cpu_before = target.proxy_cpu_seconds()
     proc = subprocess.run(
-        argv,
-        env=target.client_env(),
-        capture_output=True,
-        text=True,
-        check=False,
+        argv, env=target.client_env(), capture_output=True, text=True, check=False,
         timeout=duration * 4 + 60,
-    )
+    )  # fmt: skip
     cpu = _cpu_delta(target, cpu_before)
     if proc.returncode != 0:
         raise RuntimeError(
@@ -261,14 +369,9 @@ def run_pgbench(
 def run_copy(cluster: PgCluster, target: Target, round_no: int) -> CopyRun:
     r"""``psql -c '\copy pgbench_accounts to /dev/null'``: wall time including psql start."""
     argv = [
-        str(cluster.bindir / "psql"),
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-c",
-        r"\copy pgbench_accounts to /dev/null",
-    ]
+        str(cluster.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+        "-c", r"\copy pgbench_accounts to /dev/null",
+    ]  # fmt: skip
     cpu_before = target.proxy_cpu_seconds()
     start = time.perf_counter()
     proc = subprocess.run(
@@ -281,10 +384,7 @@ def run_copy(cluster: PgCluster, target: Target, round_no: int) -> CopyRun:
     return CopyRun(round_no, target.name, seconds, cpu)
 
 
-# -- the rounds ---------------------------------------------------------------------------
-
-
-def rotated(items: Sequence[Target], shift: int) -> list[Target]:
+def rotated(items: Sequence[T], shift: int) -> list[T]:
     if not items:
         return []
     k = shift % len(items)
@@ -300,334 +400,6 @@ def warm_up(cluster: PgCluster, targets: Sequence[Target], settings: Settings) -
     for target in targets:
         for mode in settings.modes:
             run_pgbench(cluster, target, mode, settings, settings.warmup)
-
-
-def _bench_one(
-    cluster: PgCluster, target: Target, mode: str, settings: Settings, round_no: int
-) -> PgbenchRun:
-    out, cpu = run_pgbench(cluster, target, mode, settings, settings.duration)
-    run = PgbenchRun(
-        round_no, mode, target.name, out.tps, out.latency_ms, out.transactions, out.failed, cpu
-    )
-    _log(
-        f"round {round_no} {mode:8} {target.name:9} tps={out.tps:9.1f} "
-        f"cpu/stmt={_fmt(run.cpu_us_per_stmt, '.2f')} µs"
-    )
-    return run
-
-
-def run_rounds(
-    cluster: PgCluster, targets: Sequence[Target], settings: Settings
-) -> tuple[list[PgbenchRun], list[CopyRun]]:
-    """Every round: each mode through every target, then COPY through every target.
-
-    The target order is rotated by round (and by mode within a round), so each mode sees
-    every target in every position over ``len(targets)`` rounds.
-    """
-    runs: list[PgbenchRun] = []
-    copies: list[CopyRun] = []
-    for round_no in range(1, settings.rounds + 1):
-        for mode_no, mode in enumerate(settings.modes):
-            for target in rotated(targets, round_no - 1 + mode_no):
-                runs.append(_bench_one(cluster, target, mode, settings, round_no))
-        if settings.copy:
-            for target in rotated(targets, round_no - 1):
-                copy = run_copy(cluster, target, round_no)
-                copies.append(copy)
-                _log(f"round {round_no} copy     {target.name:9} {copy.seconds:.3f} s")
-    return runs, copies
-
-
-# -- summary ------------------------------------------------------------------------------
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.median(present) if present else None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
-
-
-@dataclass(frozen=True)
-class BenchSummary:
-    mode: str
-    target: str
-    tps: float
-    tps_min: float
-    tps_max: float
-    latency_ms: float
-    cpu_us_per_stmt: float | None
-    runs: int
-
-
-@dataclass(frozen=True)
-class CopySummary:
-    target: str
-    seconds: float
-    seconds_min: float
-    seconds_max: float
-    proxy_cpu_s: float | None
-    runs: int
-
-
-def summarize_bench(runs: Sequence[PgbenchRun], settings: Settings) -> list[BenchSummary]:
-    out: list[BenchSummary] = []
-    for mode in settings.modes:
-        for name in settings.targets:
-            sel = [r for r in runs if r.mode == mode and r.target == name]
-            if not sel:
-                continue
-            tps = [r.tps for r in sel]
-            out.append(
-                BenchSummary(
-                    mode,
-                    name,
-                    statistics.median(tps),
-                    min(tps),
-                    max(tps),
-                    statistics.median([r.latency_ms for r in sel]),
-                    _median([r.cpu_us_per_stmt for r in sel]),
-                    len(sel),
-                )
-            )
-    return out
-
-
-def summarize_copy(copies: Sequence[CopyRun], settings: Settings) -> list[CopySummary]:
-    out: list[CopySummary] = []
-    for name in settings.targets:
-        secs = [c.seconds for c in copies if c.target == name]
-        if secs:
-            cpu = _median([c.proxy_cpu_s for c in copies if c.target == name])
-            out.append(
-                CopySummary(name, statistics.median(secs), min(secs), max(secs), cpu, len(secs))
-            )
-    return out
-
-
-def ratios(
-    bench: Sequence[BenchSummary], copies: Sequence[CopySummary], settings: Settings
-) -> dict[str, float | None]:
-    """pgwarden/pgbouncer (tps, CPU), pgwarden/direct (COPY), and pgbouncer for reference."""
-    tps = {(b.mode, b.target): b.tps for b in bench}
-    cpu = {(b.mode, b.target): b.cpu_us_per_stmt for b in bench}
-    cp = {c.target: c.seconds for c in copies}
-    result: dict[str, float | None] = {}
-    for m in settings.modes:
-        result[f"pgwarden/pgbouncer tps {m}"] = _ratio(
-            tps.get((m, "pgwarden")), tps.get((m, "pgbouncer"))
-        )
-        result[f"pgwarden/pgbouncer cpu_us_per_stmt {m}"] = _ratio(
-            cpu.get((m, "pgwarden")), cpu.get((m, "pgbouncer"))
-        )
-        result[f"pgwarden/direct tps {m}"] = _ratio(
-            tps.get((m, "pgwarden")), tps.get((m, "direct"))
-        )
-        result[f"pgbouncer/direct tps {m}"] = _ratio(
-            tps.get((m, "pgbouncer")), tps.get((m, "direct"))
-        )
-    result["pgwarden/direct copy_seconds"] = _ratio(cp.get("pgwarden"), cp.get("direct"))
-    result["pgbouncer/direct copy_seconds"] = _ratio(cp.get("pgbouncer"), cp.get("direct"))
-    return result
-
-
-# -- machine ------------------------------------------------------------------------------
-
-
-def _first_line(argv: Sequence[str]) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"unknown ({exc})"
-    lines = (proc.stdout or proc.stderr).strip().splitlines()
-    return lines[0] if lines else "unknown"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str:
-    repo = Path(__file__).resolve().parent.parent
-    out = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    if not re.fullmatch(r"[0-9a-f]{4,40}", out):
-        return "none (uncommitted tree)"
-    # read-only: --no-optional-locks keeps `git status` from refreshing the index
-    status = ["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain"]
-    dirty = _first_line([*status, "--untracked-files=no"]) != "unknown"
-    return f"{out} + uncommitted changes" if dirty else out
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def machine_info(cluster: PgCluster) -> dict[str, str]:
-    return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu": _cpu_model(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "postgresql": _first_line([str(cluster.bindir / "postgres"), "--version"]),
-        "pgbench": _first_line([str(cluster.bindir / "pgbench"), "--version"]),
-        "pgbouncer": _first_line([pgbouncer_binary(), "--version"]),
-        "python": platform.python_version(),
-        "pgwarden commit": _git_commit(),
-        "load average at start": _loadavg(),
-    }
-
-
-# -- report -------------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _bench_table(bench: Sequence[BenchSummary]) -> list[str]:
-    direct = {b.mode: b.tps for b in bench if b.target == "direct"}
-    lines = [
-        "| mode | target | tps (median) | tps min-max | vs direct | latency avg ms "
-        "| proxy CPU µs/stmt | runs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for b in bench:
-        lines.append(
-            f"| {b.mode} | {b.target} | {b.tps:,.0f} | {b.tps_min:,.0f} - {b.tps_max:,.0f} "
-            f"| {_fmt(_ratio(b.tps, direct.get(b.mode)), '.2f')} | {b.latency_ms:.3f} "
-            f"| {_fmt(b.cpu_us_per_stmt, '.2f')} | {b.runs} |"
-        )
-    return lines
-
-
-def _copy_table(copies: Sequence[CopySummary]) -> list[str]:
-    direct = next((c.seconds for c in copies if c.target == "direct"), None)
-    lines = [
-        "| target | wall s (median) | min-max | vs direct | proxy CPU s | runs |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for c in copies:
-        lines.append(
-            f"| {c.target} | {c.seconds:.3f} | {c.seconds_min:.3f} - {c.seconds_max:.3f} "
-            f"| {_fmt(_ratio(c.seconds, direct), '.2f')} | {_fmt(c.proxy_cpu_s, '.3f')} "
-            f"| {c.runs} |"
-        )
-    return lines
-
-
-def _raw_table(runs: Sequence[PgbenchRun], copies: Sequence[CopyRun]) -> list[str]:
-    lines = [
-        "| round | what | target | tps | latency ms | transactions | failed "
-        "| proxy CPU s | µs/stmt or wall s |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in runs:
-        lines.append(
-            f"| {r.round} | pgbench {r.mode} | {r.target} | {r.tps:,.0f} | {r.latency_ms:.3f} "
-            f"| {r.transactions} | {r.failed} | {_fmt(r.proxy_cpu_s, '.2f')} "
-            f"| {_fmt(r.cpu_us_per_stmt, '.2f')} |"
-        )
-    for c in copies:
-        lines.append(
-            f"| {c.round} | copy out | {c.target} | | | | "
-            f"| {_fmt(c.proxy_cpu_s, '.2f')} | {c.seconds:.3f} |"
-        )
-    return lines
-
-
-def render_markdown(
-    settings: Settings,
-    machine: dict[str, str],
-    runs: Sequence[PgbenchRun],
-    copies: Sequence[CopyRun],
-    ratio: dict[str, float | None],
-) -> str:
-    s = settings
-    bench, copy = summarize_bench(runs, s), summarize_copy(copies, s)
-    lines = [
-        "# Proxy comparison: direct PostgreSQL, PgBouncer, pgwarden",
-        "",
-        f"Written by `benchmarks/compare.py` on {machine['date']}. Medians of {s.rounds} "
-        "interleaved round(s); the target order rotates from run to run. On a small shared "
-        "machine read the **ratios**, not the absolute numbers.",
-        "",
-        "## Command",
-        "",
-        "```",
-        s.command,
-        "```",
-        "",
-        f"Each run: `pgbench -S -M <mode> -c {s.clients} -j {s.jobs} -T {s.duration} -n` "
-        f"against `pgbench -i -s {s.scale}` (warm-up {s.warmup} s per target and mode first). "
-        "COPY: `psql -c '\\copy pgbench_accounts to /dev/null'` (wall time, psql start "
-        "included). All targets: same role and database, no TLS; PgBouncer in session mode; "
-        f"pgwarden with {s.workers} worker(s). Targets: {', '.join(s.targets)}.",
-        "",
-        "Proxy CPU per statement = utime + stime of all the proxy's processes (from "
-        "`/proc/<pid>/stat`) during the run ÷ transactions pgbench reports; it includes the "
-        f"{s.clients} logins of each run, tps does not.",
-        "",
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in machine.items()),
-        "",
-        "## pgbench -S",
-        "",
-        *_bench_table(bench),
-        "",
-    ]
-    if copy:
-        lines += [f"## COPY OUT (1 table, {s.scale * 100_000:,} rows)", "", *_copy_table(copy), ""]
-    lines += [
-        "## Ratios",
-        "",
-        "| ratio | value |",
-        "|---|---:|",
-        *(f"| {k} | {_fmt(v, '.3f')} |" for k, v in ratio.items()),
-        "",
-        "## Raw runs",
-        "",
-        *_raw_table(runs, copies),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_json(
-    path: Path,
-    settings: Settings,
-    machine: dict[str, str],
-    runs: Sequence[PgbenchRun],
-    copies: Sequence[CopyRun],
-    ratio: dict[str, float | None],
-) -> None:
-    data: dict[str, Any] = {
-        "command": settings.command,
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()
-        },
-        "machine": machine,
-        "runs": [{**asdict(r), "cpu_us_per_stmt": r.cpu_us_per_stmt} for r in runs],
-        "copies": [asdict(c) for c in copies],
-        "summary": [asdict(b) for b in summarize_bench(runs, settings)],
-        "copy_summary": [asdict(c) for c in summarize_copy(copies, settings)],
-        "ratios": ratio,
-    }
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-# -- orchestration ------------------------------------------------------------------------
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -656,84 +428,403 @@ def prepare_cluster(cluster: PgCluster, settings: Settings, role_password: str) 
     cluster.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}", DBNAME)
 
 
-def start_targets(
-    stack: contextlib.ExitStack,
-    cluster: PgCluster,
-    base: Path,
-    settings: Settings,
-    role_password: str,
-) -> list[Target]:
-    targets: list[Target] = []
-    for name in settings.targets:
+# -- the data for COPY and SELECT -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyData:
+    rows: int  # rows of copy_src (and of the file)
+    nbytes: int  # bytes of its COPY text
+    path: Path | None  # the COPY IN source file (None when COPY is not run)
+
+
+def prepare_copy_data(cluster: PgCluster, base: Path, settings: Settings) -> CopyData:
+    """``copy_src`` (id, two md5 texts, a timestamptz: ~97 bytes of COPY text per row), its
+    COPY text in a file, and the unlogged ``copy_dst`` that COPY IN fills."""
+    rows = max(settings.copy_rows, settings.select_rows)
+    _log(f"creating {COPY_SRC} with {rows:,} rows")
+    cluster.sql(
+        f"CREATE TABLE {COPY_SRC} AS SELECT i AS id, md5(i::text) AS a, "
+        "md5((i * 7)::text) AS b, timestamptz '2024-01-01 00:00:00+00' + i * interval "
+        f"'1 second' AS ts FROM generate_series(1, {rows}) AS i",
+        DBNAME,
+    )
+    cluster.sql(f"VACUUM ANALYZE {COPY_SRC}", DBNAME)
+    cluster.sql(
+        f"CREATE UNLOGGED TABLE {COPY_DST} (LIKE {COPY_SRC}) WITH (autovacuum_enabled = off)",
+        DBNAME,
+    )
+    cluster.sql(f"GRANT SELECT ON {COPY_SRC} TO {ROLE}", DBNAME)
+    cluster.sql(f"GRANT INSERT ON {COPY_DST} TO {ROLE}", DBNAME)
+    if not settings.has("copy"):
+        return CopyData(rows, 0, None)
+    path = base / "copy_src.txt"
+    env = cluster.client_env()
+    env["PGDATABASE"] = DBNAME
+    proc = subprocess.run(
+        [str(cluster.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+         "-c", f"\\copy {COPY_SRC} to '{path}'"],
+        env=env, capture_output=True, text=True, check=False, timeout=1800,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"writing the COPY file failed: {proc.stderr}")
+    nbytes = path.stat().st_size
+    _log(f"COPY text: {nbytes / 1e6:,.1f} MB, {nbytes / rows:.1f} bytes/row")
+    return CopyData(rows, nbytes, path)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    """Everything a round needs."""
+
+    settings: Settings
+    cluster: PgCluster
+    base: Path
+    role_password: str
+    stack: contextlib.ExitStack
+    targets: list[Target]  # the compared ones, in settings.targets order
+    scaling: dict[int, Target]  # pgwarden instance per worker count
+    data: CopyData | None
+    connect_only: list[Target] = field(default_factory=list)  # PgBouncer with plain auth
+    samples: list[Sample] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    loads: list[tuple[str, float | None]] = field(default_factory=list)
+
+    def record(self, what: str, fn: Callable[[], Sample]) -> None:
+        """Run one measurement; a failure is logged and recorded, and the run goes on."""
+        load = loadavg_1min()
+        try:
+            sample = fn()
+        except Exception as exc:
+            message = f"{what}: {type(exc).__name__}: {str(exc).strip()[:2000]}"
+            _log(f"FAILED {message}")
+            if not isinstance(exc, RuntimeError):
+                traceback.print_exc(file=sys.stderr)
+            self.failures.append(message)
+            return
+        if load is not None:
+            sample.metrics["load1_before"] = load
+        self.samples.append(sample)
+        _log(f"round {sample.round} {what:40} {_headline(sample)}")
+
+
+def _headline(s: Sample) -> str:
+    keys = ("tps", "conn_per_s", "mb_per_s", "rows_per_s", "rss_kib_per_conn", "p99_ms",
+            "cpu_us_per_stmt", "cpu_us_per_conn", "cpu_s_per_gb", "cpu_ns_per_row",
+            "pss_kib_per_conn")  # fmt: skip
+    return " ".join(f"{k}={s.metrics[k]:,.2f}" for k in keys if k in s.metrics)
+
+
+def _pgwarden(bench: Bench, workdir_name: str, workers: int, name: str) -> Target:
+    return start_pgwarden(
+        bench.cluster,
+        bench.base / workdir_name,
+        dbname=DBNAME,
+        user=ROLE,
+        upstream_password=bench.role_password,
+        client_secret=secrets.token_urlsafe(24),
+        workers=workers,
+        name=name,
+    )
+
+
+def _started(bench: Bench, target: Target) -> Target:
+    assert target.process is not None
+    bench.stack.callback(target.process.stop)
+    _log(f"{target.name} on port {target.port} (pid {target.process.pid})")
+    return target
+
+
+def start_targets(bench: Bench) -> None:
+    s = bench.settings
+    most = max((*s.client_counts, *s.scaling_clients, s.connect_clients))
+    for name in s.targets:
         if name == "direct":
-            targets.append(direct_target(cluster, DBNAME, ROLE, role_password))
-            continue
-        if name == "pgbouncer":
+            bench.targets.append(direct_target(bench.cluster, DBNAME, ROLE, bench.role_password))
+        elif name == "pgbouncer":
             target = start_pgbouncer(
-                cluster,
-                base / "pgbouncer",
-                dbname=DBNAME,
-                user=ROLE,
-                password=role_password,
-                clients=settings.clients,
-            )
+                bench.cluster, bench.base / "pgbouncer", dbname=DBNAME, user=ROLE,
+                password=bench.role_password, clients=most,
+            )  # fmt: skip
+            bench.targets.append(_started(bench, target))
         else:
-            target = start_pgwarden(
-                cluster,
-                base / "pgwarden",
-                dbname=DBNAME,
-                user=ROLE,
-                upstream_password=role_password,
-                client_secret=secrets.token_urlsafe(24),
-                workers=settings.workers,
-            )
-        assert target.process is not None
-        stack.callback(target.process.stop)
-        _log(f"{name} on port {target.port} (pid {target.process.pid})")
-        targets.append(target)
-    return targets
+            target = _pgwarden(bench, "pgwarden", s.workers, "pgwarden")
+            bench.targets.append(_started(bench, target))
+            bench.scaling[s.workers] = target
+    if s.has("connect") and "pgbouncer" in s.targets:
+        target = start_pgbouncer(
+            bench.cluster, bench.base / PGBOUNCER_PLAIN, dbname=DBNAME, user=ROLE,
+            password=bench.role_password, clients=most, name=PGBOUNCER_PLAIN, auth="plain",
+        )  # fmt: skip
+        bench.connect_only.append(_started(bench, target))
+    if s.has("scaling"):
+        for workers in s.scaling_workers:
+            if workers not in bench.scaling:
+                target = _pgwarden(bench, f"pgwarden-w{workers}", workers, f"pgwarden-w{workers}")
+                bench.scaling[workers] = _started(bench, target)
 
 
-def _emit(
-    settings: Settings,
-    report: str,
-    machine: dict[str, str],
-    runs: list[PgbenchRun],
-    copies: list[CopyRun],
-    ratio: dict[str, float | None],
-) -> None:
-    print(report)
-    if settings.out is not None:
-        settings.out.parent.mkdir(parents=True, exist_ok=True)
-        settings.out.write_text(report)
-        _log(f"wrote {settings.out}")
-    if settings.json_path is not None:
-        write_json(settings.json_path, settings, machine, runs, copies, ratio)
-        _log(f"wrote {settings.json_path}")
+def warm(bench: Bench) -> None:
+    """Every target, every mode, most clients: caches, pools and secret caches loaded."""
+    s = bench.settings
+    clients = max(s.client_counts)
+    extra = [t for w, t in sorted(bench.scaling.items()) if t not in bench.targets]
+    for target in [*bench.targets, *extra, *bench.connect_only]:
+        for mode in s.modes:
+            argv = measure.pgbench_argv(bench.cluster, mode, clients, s.warmup)
+            subprocess.run(
+                argv, env=target.client_env(), capture_output=True, check=False,
+                timeout=s.warmup * 4 + 60,
+            )  # fmt: skip
+
+
+def _postmaster_memory(cluster: PgCluster) -> Callable[[], TreeMemory]:
+    pid = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    return lambda: tree_memory(pid)
+
+
+def _idle_one(bench: Bench, target: Target, round_no: int) -> Sample:
+    """A fresh proxy for this measurement only (sized for the connections), then stopped."""
+    s = bench.settings
+    n = s.idle_connections
+    if target.process is None:
+        return idle_memory(target, n=n, round_no=round_no, memory=_postmaster_memory(bench.cluster))
+    where = f"idle-r{round_no}-{target.name}"
+    if target.name == "pgbouncer":
+        fresh = start_pgbouncer(
+            bench.cluster, bench.base / where, dbname=DBNAME, user=ROLE,
+            password=bench.role_password, clients=n + 10, pool_size=n + 10,
+        )  # fmt: skip
+    else:
+        fresh = _pgwarden(bench, where, s.workers, target.name)
+    assert fresh.process is not None
+    process = fresh.process
+    try:
+        return idle_memory(fresh, n=n, round_no=round_no, memory=process.memory)
+    finally:
+        process.stop()
+
+
+def _truncate_then(bench: Bench, fn: Callable[[], Sample]) -> Callable[[], Sample]:
+    def run() -> Sample:
+        bench.cluster.sql(f"TRUNCATE {COPY_DST}", DBNAME)
+        bench.cluster.sql("CHECKPOINT", DBNAME)
+        return fn()
+
+    return run
+
+
+def run_round(bench: Bench, round_no: int) -> None:
+    """One round of every section; the target order rotates between measurements."""
+    s, c = bench.settings, bench.cluster
+    bench.loads.append((f"round {round_no} start", loadavg_1min()))
+    shift = round_no - 1
+    if s.has("pgbench"):
+        for m, mode in enumerate(s.modes):
+            for k, clients in enumerate(s.client_counts):
+                for t in rotated(bench.targets, shift + m + k):
+                    fn = partial(
+                        measure.pgbench_select, c, t, mode=mode, clients=clients,
+                        duration=s.duration, sampling_rate=s.sampling_rate, round_no=round_no,
+                    )  # fmt: skip
+                    bench.record(f"pgbench {mode} c{clients} {t.name}", fn)
+    if s.has("connect"):
+        for t in rotated([*bench.targets, *bench.connect_only], shift):
+            fn = partial(
+                measure.connect_rate, c, t, clients=s.connect_clients, duration=s.duration,
+                round_no=round_no,
+            )  # fmt: skip
+            bench.record(f"connect c{s.connect_clients} {t.name}", fn)
+    data = bench.data
+    if s.has("copy") and data is not None and data.path is not None:
+        for t in rotated(bench.targets, shift):
+            fn = partial(
+                measure.copy_out, c, t, table=COPY_SRC, nbytes=data.nbytes, rows=data.rows,
+                round_no=round_no,
+            )  # fmt: skip
+            bench.record(f"copy out {t.name}", fn)
+        for t in rotated(bench.targets, shift + 1):
+            fn = partial(
+                measure.copy_in, c, t, table=COPY_DST, source=data.path, rows=data.rows,
+                round_no=round_no,
+            )  # fmt: skip
+            bench.record(f"copy in {t.name}", _truncate_then(bench, fn))
+    if s.has("select"):
+        for t in rotated(bench.targets, shift + 2):
+            fn = partial(measure.stream_select, t, rows=s.select_rows, round_no=round_no)
+            bench.record(f"select {s.select_rows} {t.name}", fn)
+    if s.has("scaling") and bench.scaling:
+        workers = sorted(w for w in bench.scaling if w in s.scaling_workers)
+        for k, clients in enumerate(s.scaling_clients):
+            for w in rotated(workers, shift + k):
+                fn = partial(
+                    measure.pgbench_select, c, bench.scaling[w], mode=s.scaling_mode,
+                    clients=clients, duration=s.duration, sampling_rate=s.sampling_rate,
+                    kind="scaling", variant=f"w{w} c{clients}", round_no=round_no,
+                )  # fmt: skip
+                bench.record(f"scaling w{w} c{clients}", partial(_as_pgwarden, fn))
+    if s.has("idle"):
+        for t in rotated(bench.targets, shift):
+            fn = partial(_idle_one, bench, t, round_no)
+            bench.record(f"idle {s.idle_connections} {t.name}", fn)
+
+
+def _as_pgwarden(fn: Callable[[], Sample]) -> Sample:
+    """Scaling samples are all pgwarden's, whichever instance served them."""
+    sample = fn()
+    return Sample(sample.round, sample.kind, sample.variant, "pgwarden", sample.metrics)
+
+
+def method_lines(s: Settings, data: CopyData | None) -> list[str]:
+    lines = [
+        "- All targets: the same database and login role, no TLS, over 127.0.0.1. PgBouncer "
+        "in session mode (SCRAM for clients and upstream, pool large enough that no client "
+        f"waits); pgwarden with {s.workers} worker(s), static-secret client login, pooled "
+        "upstream sessions. Proxy CPU = utime + stime of all the proxy's processes "
+        "(`/proc/<pid>/stat`) during the measurement.",
+        f"- Warm-up: every target, every mode, {max(s.client_counts)} clients, "
+        f"{s.warmup} s each, results discarded.",
+    ]
+    if s.has("pgbench"):
+        lines.append(
+            f"- pgbench: `pgbench -S -M <mode> -c <C> -j min(C,2) -T {s.duration} -n` against "
+            f'`pgbench -i -s {s.scale}`; tps is pgbench\'s "without initial connection time"; '
+            "the average latency is pgbench's; the p99 comes from the per-transaction log "
+            f"(`-l --sampling-rate {s.sampling_rate:g}`, nearest rank). CPU µs per statement "
+            "includes the C logins of each run (tps does not)."
+        )
+    if s.has("connect"):
+        lines.append(
+            f"- Connection setup: `pgbench -C -S -M simple -c {s.connect_clients} "
+            f"-j {measure.jobs_for(s.connect_clients)} -T {s.duration}`; every transaction "
+            "opens and closes its own connection, so tps = connections/s. Logins: SCRAM to "
+            "direct PostgreSQL and to `pgbouncer` (its userlist holds the role's SCRAM "
+            "verifier, so libpq derives the key, 4096 PBKDF2 iterations, and PgBouncer only "
+            "checks HMACs); a cleartext static secret to pgwarden (verified once with scrypt, "
+            "then from its cache). `pgbouncer-plain` is a second PgBouncer with `auth_type = "
+            "plain` (cleartext password, no key derivation anywhere) measured here only: it "
+            "does the same client-side work as pgwarden, so the target is checked against it. "
+            "Both proxies reuse pooled server connections."
+        )
+    if s.has("copy") and data is not None:
+        lines.append(
+            f"- COPY: a table of {data.rows:,} rows (int, two md5 texts, timestamptz), "
+            f"{data.nbytes / 1e6:,.1f} MB of COPY text ({data.nbytes / max(data.rows, 1):.1f} "
+            "bytes/row). OUT: `psql -c '\\copy copy_src to /dev/null'`; IN: `psql -c "
+            "'\\copy copy_dst from <file>'` into an unlogged table emptied (TRUNCATE + "
+            "CHECKPOINT, untimed) before each run. MB/s = COPY text bytes / the time psql's "
+            "`\\timing` reports for the COPY (psql start and login excluded)."
+        )
+    if s.has("select"):
+        lines.append(
+            f"- SELECT: `{measure.SELECT_SQL.format(rows=s.select_rows)}` streamed by psycopg "
+            f"(`cursor.stream(sql, size={measure.STREAM_CHUNK})`, libpq chunked-rows mode), "
+            "every row turned into a Python tuple; timed from the query to the last row, "
+            "after a first `SELECT 1` on the same connection."
+        )
+    if s.has("scaling"):
+        lines.append(
+            f"- Worker scaling: one pgwarden instance per worker count "
+            f"({', '.join(map(str, s.scaling_workers))}), `pgbench -S -M {s.scaling_mode}` at "
+            f"{', '.join(map(str, s.scaling_clients))} clients, interleaved with each other. "
+            "pgbench, PostgreSQL and every worker share the same cores, so more workers than "
+            "cores left free cannot add throughput."
+        )
+    if s.has("idle"):
+        lines.append(
+            f"- Idle connections: {s.idle_connections} asyncpg connections through a fresh "
+            "instance of each proxy (PgBouncer: max_client_conn and pool sized for them; "
+            "pgwarden: the same configuration as above). Each logs in, then runs one "
+            "`SELECT 1` (PgBouncer links a server connection only at the first query; "
+            "pgwarden opens its upstream session at login), then stays idle. Memory = sum of "
+            "Rss (and Pss) over the proxy's processes, minus the same before opening them "
+            "(after 5 warm-up connections were used and closed), divided by the number of "
+            "connections. So each proxy figure is one client socket + one server socket + "
+            "the session state. For direct PostgreSQL the same is taken over the postmaster "
+            "tree (one backend per connection): read its Pss, its Rss counts shared buffers."
+        )
+    return lines
 
 
 def run(settings: Settings) -> int:
+    s = settings
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4 * s.idle_connections + 1024
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
     role_password = secrets.token_urlsafe(18)
-    with workdir(settings.keep) as base, contextlib.ExitStack() as stack:
-        cluster = PgCluster(base / "pg")
+    extra_conf = {
+        "max_connections": str(max(300, s.idle_connections + 300)),
+        "shared_buffers": "'512MB'",
+        "log_connections": "off",
+    }
+    with workdir(s.keep) as base, contextlib.ExitStack() as stack:
+        cluster = PgCluster(base / "pg", extra_conf=extra_conf)
         stack.callback(cluster.stop)
         cluster.start()
-        prepare_cluster(cluster, settings, role_password)
-        targets = start_targets(stack, cluster, base, settings, role_password)
+        prepare_cluster(cluster, s, role_password)
+        data = None
+        if s.has("copy") or s.has("select"):
+            data = prepare_copy_data(cluster, base, s)
+        bench = Bench(s, cluster, base, role_password, stack, [], {}, data)
+        start_targets(bench)
         machine = machine_info(cluster)
-        _log("warm-up")
-        warm_up(cluster, targets, settings)
-        runs, copies = run_rounds(cluster, targets, settings)
-        ratio = ratios(summarize_bench(runs, settings), summarize_copy(copies, settings), settings)
+        bench.loads.append(("start", loadavg_1min()))
+        if s.has("pgbench") or s.has("connect") or s.has("scaling"):
+            _log("warm-up")
+            warm(bench)
+        for round_no in range(1, s.rounds + 1):
+            run_round(bench, round_no)
+        bench.loads.append(("end", loadavg_1min()))
         machine["load average at end"] = _loadavg()
-        _emit(
-            settings,
-            render_markdown(settings, machine, runs, copies, ratio),
-            machine,
-            runs,
-            copies,
-            ratio,
-        )
+        return emit(bench, machine)
+
+
+def emit(bench: Bench, machine: dict[str, str]) -> int:
+    s = bench.settings
+    summaries = summarize(bench.samples, TARGET_ORDER)
+    all_ratios = ratios(summaries)
+    checks = target_checks(summaries)
+    chart_name: str | None = None
+    if s.chart is not None:
+        try:
+            from benchmarks.chart import write_chart
+
+            write_chart(s.chart, summaries, all_ratios, f"pgwarden benchmark ratios - {s.command}")
+            _log(f"wrote {s.chart}")
+            same_dir = s.out is not None and s.chart.parent.resolve() == s.out.parent.resolve()
+            chart_name = s.chart.name if same_dir else str(s.chart)
+        except ImportError as exc:
+            bench.failures.append(f"chart: matplotlib is not installed ({exc})")
+            _log(f"no chart: {exc}")
+    method = method_lines(s, bench.data)
+    if bench.failures:
+        method += ["", "**Failed measurements** (not in the tables):", ""]
+        method += [f"- {f}" for f in bench.failures]
+    report = ReportInput(
+        command=s.command, quick=s.quick, rounds=s.rounds, method=method, machine=machine,
+        samples=bench.samples, summaries=summaries, ratios=all_ratios, checks=checks,
+        scaling_mode=s.scaling_mode, chart=chart_name, loads=bench.loads,
+    )  # fmt: skip
+    text = render_markdown(report)
+    print(text)
+    if s.out is not None:
+        s.out.parent.mkdir(parents=True, exist_ok=True)
+        s.out.write_text(text)
+        _log(f"wrote {s.out}")
+    if s.json_path is not None:
+        s.json_path.parent.mkdir(parents=True, exist_ok=True)
+        settings_data = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
+        write_json(s.json_path, report, {**settings_data, "failures": bench.failures})
+        _log(f"wrote {s.json_path}")
+    for c in checks:
+        _log(f"target {c.status:12} {c.target}: {fmt(c.value, '.3f')}")
+    if bench.failures:
+        _log(f"{len(bench.failures)} measurement(s) failed")
+        return 1
     return 0
 
 

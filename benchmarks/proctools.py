@@ -1,9 +1,11 @@
-"""Process helpers for the benchmarks: CPU time of a process tree, and child processes that
-are always cleaned up.
+"""Process helpers for the benchmarks: CPU time and memory of a process tree, and child
+processes that are always cleaned up.
 
 CPU time comes from ``/proc/<pid>/stat`` (utime + stime, in clock ticks) summed over a
 process and all of its descendants, found by scanning the ``ppid`` of every process in
-``/proc``. Linux only.
+``/proc``. Memory is the sum over the same tree of ``Rss`` and ``Pss`` from
+``/proc/<pid>/smaps_rollup`` (``VmRSS`` of ``/proc/<pid>/status`` when smaps_rollup is not
+readable; Pss is then unknown). Linux only.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ class ProcStat(NamedTuple):
     ppid: int
     cpu_ticks: int  # utime + stime
     start_time: int  # clock ticks after boot: tells a pid apart from a later reuse of it
+    user_ticks: int = 0  # utime alone (stime = cpu_ticks - user_ticks)
 
 
 def _parse_stat(text: str) -> ProcStat:
     """The fields we use from the text of ``/proc/<pid>/stat``."""
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
-    return ProcStat(int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[19]))
+    utime, stime = int(fields[11]), int(fields[12])
+    return ProcStat(int(fields[1]), utime + stime, int(fields[19]), utime)
 
 
 def read_stat(pid: int) -> ProcStat | None:
@@ -71,6 +75,75 @@ def tree_cpu_seconds(root: int) -> float:
     stats = all_stats()
     ticks = sum(stats[pid].cpu_ticks for pid in process_tree(root, stats))
     return ticks / CLK_TCK
+
+
+class TreeMemory(NamedTuple):
+    processes: int
+    rss_bytes: int
+    pss_bytes: int | None  # None when some process's smaps_rollup was not readable
+
+
+def _kib_field(text: str, name: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def process_memory(pid: int) -> tuple[int, int | None] | None:
+    """``(rss_bytes, pss_bytes)`` of one process, or None if it is gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        rollup = ""
+    rss = _kib_field(rollup, "Rss") if rollup else None
+    if rss is not None:
+        return rss, _kib_field(rollup, "Pss")
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    rss = _kib_field(status, "VmRSS")
+    return None if rss is None else (rss, None)
+
+
+def tree_memory(root: int) -> TreeMemory:
+    """Summed Rss (and Pss when readable) of ``root`` and all its descendants."""
+    count = rss_total = pss_total = 0
+    pss_known = True
+    for pid in process_tree(root):
+        mem = process_memory(pid)
+        if mem is None:
+            continue
+        count += 1
+        rss_total += mem[0]
+        if mem[1] is None:
+            pss_known = False
+        else:
+            pss_total += mem[1]
+    return TreeMemory(count, rss_total, pss_total if pss_known else None)
+
+
+class CpuTimes(NamedTuple):
+    user: float  # seconds
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, other: object) -> CpuTimes:
+        assert isinstance(other, CpuTimes)
+        return CpuTimes(self.user - other.user, self.system - other.system)
+
+
+def tree_cpu_times(root: int) -> CpuTimes:
+    """utime and stime of ``root`` and all its descendants, in seconds."""
+    stats = all_stats()
+    tree = [stats[pid] for pid in process_tree(root, stats)]
+    user = sum(st.user_ticks for st in tree)
+    total = sum(st.cpu_ticks for st in tree)
+    return CpuTimes(user / CLK_TCK, (total - user) / CLK_TCK)
 
 
 def _identities(pids: Sequence[int]) -> dict[int, int]:
@@ -153,6 +226,12 @@ class ManagedProcess:
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.pid)
+
+    def cpu_times(self) -> CpuTimes:
+        return tree_cpu_times(self.pid)
+
+    def memory(self) -> TreeMemory:
+        return tree_memory(self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         popen = self._popen

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.proctools import ManagedProcess
+from benchmarks.proctools import CpuTimes, ManagedProcess, TreeMemory
 from gateway.devcluster import PgCluster, free_port
 
 LOOPBACK = "127.0.0.1"
@@ -75,6 +75,12 @@ class Target:
 
     def proxy_cpu_seconds(self) -> float | None:
         return None if self.process is None else self.process.cpu_seconds()
+
+    def proxy_cpu_times(self) -> CpuTimes | None:
+        return None if self.process is None else self.process.cpu_times()
+
+    def proxy_memory(self) -> TreeMemory | None:
+        return None if self.process is None else self.process.memory()
 
 
 def direct_target(cluster: PgCluster, dbname: str, user: str, password: str) -> Target:
@@ -138,7 +144,22 @@ def _as_pg_os_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", PG_OS_USER, "--", *argv]
 
 
-def _pgbouncer_ini(cluster: PgCluster, dbname: str, port: int, workdir: Path, clients: int) -> str:
+PGBOUNCER_AUTH = ("scram-secret", "scram-plain", "plain")
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _pgbouncer_ini(
+    cluster: PgCluster,
+    dbname: str,
+    port: int,
+    workdir: Path,
+    max_clients: int,
+    pool_size: int,
+    auth_type: str,
+) -> str:
     return f"""\
 [databases]
 {dbname} = host={cluster.host} port={cluster.port} dbname={dbname}
@@ -147,11 +168,11 @@ def _pgbouncer_ini(cluster: PgCluster, dbname: str, port: int, workdir: Path, cl
 listen_addr = {LOOPBACK}
 listen_port = {port}
 unix_socket_dir =
-auth_type = scram-sha-256
+auth_type = {auth_type}
 auth_file = {workdir / "userlist.txt"}
 pool_mode = session
-max_client_conn = {clients * 2 + 20}
-default_pool_size = {clients + 4}
+max_client_conn = {max_clients}
+default_pool_size = {pool_size}
 server_tls_sslmode = disable
 client_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
@@ -160,22 +181,57 @@ logfile = {workdir / "pgbouncer.log"}
 
 
 def start_pgbouncer(
-    cluster: PgCluster, workdir: Path, *, dbname: str, user: str, password: str, clients: int
+    cluster: PgCluster,
+    workdir: Path,
+    *,
+    dbname: str,
+    user: str,
+    password: str,
+    clients: int,
+    pool_size: int | None = None,
+    name: str = "pgbouncer",
+    auth: str = "scram-secret",
 ) -> Target:
-    """PgBouncer in session mode, SCRAM for clients and upstream (plain userlist)."""
+    """PgBouncer in session mode.
+
+    ``clients`` is the most clients that will be connected at once; the server pool is
+    ``pool_size`` (default ``clients + 4``), so that in session mode no client waits for a
+    server connection. ``auth``:
+
+    - ``scram-secret`` (default, the usual production setup): ``auth_type =
+      scram-sha-256`` with the role's SCRAM verifier from ``pg_authid`` in the userlist;
+      PgBouncer checks the client's proof with HMACs and logs in upstream with the keys
+      of the client's own SCRAM exchange. The client (libpq) pays the PBKDF2.
+    - ``scram-plain``: the same with the plain password in the userlist, which makes
+      PgBouncer run the 4096-iteration PBKDF2 for every login too.
+    - ``plain``: ``auth_type = plain``, the client sends the password in cleartext, as it
+      does to pgwarden's static secrets (no key derivation on either side).
+    """
+    if auth not in PGBOUNCER_AUTH:
+        raise ValueError(f"auth must be one of {PGBOUNCER_AUTH}, not {auth!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     ini = workdir / "pgbouncer.ini"
-    ini.write_text(_pgbouncer_ini(cluster, dbname, port, workdir, clients))
+    pool = clients + 4 if pool_size is None else pool_size
+    auth_type = "plain" if auth == "plain" else "scram-sha-256"
+    ini.write_text(
+        _pgbouncer_ini(cluster, dbname, port, workdir, clients * 2 + 20, pool, auth_type)
+    )
+    secret = password
+    if auth == "scram-secret":
+        rows = cluster.sql(f"SELECT rolpassword FROM pg_authid WHERE rolname = {_literal(user)}")
+        if not rows or not str(rows[0][0]).startswith("SCRAM-SHA-256$"):
+            raise TargetError(f"role {user!r} has no SCRAM verifier for PgBouncer's userlist")
+        secret = str(rows[0][0])
     userlist = workdir / "userlist.txt"
-    userlist.write_text(f'"{user}" "{password}"\n')
+    userlist.write_text(f'"{user}" "{secret}"\n')
     userlist.chmod(0o600)
     if os.geteuid() == 0:
         for path in (workdir, ini, userlist):
             shutil.chown(path, user=PG_OS_USER)
     argv = _as_pg_os_user([pgbouncer_binary(), str(ini)])
-    proc = ManagedProcess("pgbouncer", argv, workdir / "stdout.log", stop_signal=signal.SIGTERM)
-    target = Target("pgbouncer", LOOPBACK, port, dbname, user, password, proc)
+    proc = ManagedProcess(name, argv, workdir / "stdout.log", stop_signal=signal.SIGTERM)
+    target = Target(name, LOOPBACK, port, dbname, user, password, proc)
     _start_and_wait(target)
     return target
 
@@ -245,6 +301,7 @@ def start_pgwarden(
     upstream_password: str,
     client_secret: str,
     workers: int,
+    name: str = "pgwarden",
 ) -> Target:
     """``pgwarden serve`` with ``workers`` workers; the client logs in with a static secret."""
     from gateway.identity.static_secrets import hash_secret
@@ -261,7 +318,7 @@ def start_pgwarden(
     )
     _check_config(config)
     argv = [*pgwarden_command(), "serve", "--config", str(config)]
-    proc = ManagedProcess("pgwarden", argv, workdir / "pgwarden.log", stop_signal=signal.SIGINT)
-    target = Target("pgwarden", LOOPBACK, port, dbname, user, client_secret, proc)
+    proc = ManagedProcess(name, argv, workdir / "pgwarden.log", stop_signal=signal.SIGINT)
+    target = Target(name, LOOPBACK, port, dbname, user, client_secret, proc)
     _start_and_wait(target)
     return target
