@@ -33,12 +33,14 @@ from gateway.server.upstream import UpstreamError, UpstreamSession, open_upstrea
 from gateway.session.relay import Relay
 from gateway.wire import backend
 from gateway.wire.errors import ProtocolViolation
+from gateway.wire.frontend import decode_password
 from gateway.wire.startup import (
     CancelRequest,
     GSSENCRequest,
     SSLRequest,
     StartupMessage,
     decode_startup,
+    startup_packet_length,
 )
 
 if TYPE_CHECKING:
@@ -46,10 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgwarden.connection")
 
-_INT32 = struct.Struct("!I")
 _HEADER = struct.Struct("!BI")
-# PostgreSQL's MAX_STARTUP_PACKET_LENGTH.
-_MAX_STARTUP_PACKET = 10000
 # Passwords today, bearer tokens later: generous, but bounded before any is buffered.
 _MAX_PASSWORD_MESSAGE = 65536
 _TERMINATE = b"X\x00\x00\x00\x04"
@@ -121,11 +120,6 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         # Until the session is established; then the relay takes reads directly.
-        if self.phase is Phase.RELAY:
-            # Bytes read before the relay took over the transport.
-            if self.relay is not None:
-                self.relay.client_data(data)
-            return
         if self.phase in (Phase.STARTUP, Phase.AUTH, Phase.CONNECTING):
             self._buf += data
             if self.phase is Phase.STARTUP:
@@ -182,13 +176,10 @@ class ClientConnection(asyncio.Protocol):
         buf = self._buf
         if len(buf) < 4:
             return
-        (length,) = _INT32.unpack_from(buf, 0)
-        if length < 8 or length > _MAX_STARTUP_PACKET:
-            self._violation(ProtocolViolation(f"invalid length of startup packet: {length}"))
-            return
-        if len(buf) < length:
-            return
         try:
+            length = startup_packet_length(buf)
+            if len(buf) < length:
+                return
             packet = decode_startup(bytes(buf[4:length]))
         except ProtocolViolation as exc:
             self._violation(exc)
@@ -307,15 +298,10 @@ class ClientConnection(asyncio.Protocol):
             return
         body = bytes(buf[5 : 1 + length])
         del buf[: 1 + length]
-        if body[-1:] != b"\x00" or b"\x00" in body[:-1]:
-            self._violation(ProtocolViolation("invalid password packet: malformed string"))
-            return
         try:
-            password = body[:-1].decode("utf-8")
-        except UnicodeDecodeError:
-            self._violation(
-                ProtocolViolation('invalid byte sequence for encoding "UTF8"', "22021")
-            )
+            password = decode_password(body).password
+        except ProtocolViolation as exc:
+            self._violation(exc)
             return
         self.phase = Phase.CONNECTING
         self._task = asyncio.get_running_loop().create_task(self._authenticate(password))
@@ -371,7 +357,7 @@ class ClientConnection(asyncio.Protocol):
         except UpstreamError as exc:
             log.warning("upstream session for %s failed: %s", principal.describe(), exc.detail)
             if exc.raw_error is not None:
-                self._write(_message(b"E", exc.raw_error))
+                self._write(exc.raw_error)
                 self._close()
             else:
                 self._fatal(exc.sqlstate, exc.client_message)
@@ -562,7 +548,3 @@ def _application_name(principal: Principal, client_application: str) -> str:
     # so that the name can be sent in a SET statement as a plain literal.
     cleaned = "".join(c if " " <= c <= "~" and c not in "'\\" else "?" for c in name)
     return cleaned[:63]
-
-
-def _message(msg_type: bytes, body: bytes) -> bytes:
-    return msg_type + _INT32.pack(len(body) + 4) + body

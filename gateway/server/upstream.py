@@ -25,12 +25,15 @@ import scramp
 
 from gateway.config import UpstreamConfig
 from gateway.session.relay import Relay
+from gateway.wire.backend import ErrorResponse, decode_backend, parameter_status
+from gateway.wire.errors import ProtocolViolation
+from gateway.wire.frontend import PasswordMessage, Query, SASLInitialResponse, SASLResponse
+from gateway.wire.startup import SSL_REQUEST, encode_cancel_request, encode_startup_message
 
 log = logging.getLogger("pgwarden.upstream")
 
 _HEADER = struct.Struct("!BI")
 _INT32 = struct.Struct("!I")
-_SSL_REQUEST = struct.pack("!II", 8, 80877103)
 _MAX_HANDSHAKE_MESSAGE = 1 << 20
 
 
@@ -39,7 +42,8 @@ class UpstreamError(Exception):
 
     ``client_message`` and ``sqlstate`` are what the client is told; ``detail`` goes to
     the log only. Neither ever contains the upstream secret. ``raw_error`` is set when
-    PostgreSQL itself refused with an ErrorResponse that is safe to forward as is.
+    PostgreSQL itself refused with an ErrorResponse (the whole message) that is safe to
+    forward as is.
     """
 
     def __init__(
@@ -77,8 +81,7 @@ class UpstreamSession:
     def greeting_parameters(self) -> list[bytes]:
         """ParameterStatus messages describing the session as it is now."""
         return [
-            _message(b"S", k.encode() + b"\x00" + v.encode() + b"\x00")
-            for k, v in self.parameters.items()
+            parameter_status(k, v) for k, v in self.parameters.items()
         ]
 
     async def simple_query(self, sql: str) -> None:
@@ -87,7 +90,7 @@ class UpstreamSession:
         ParameterStatus changes it causes are recorded; an error is an UpstreamError.
         """
         protocol = self.protocol
-        self.transport.write(_message(b"Q", sql.encode() + b"\x00"))
+        self.transport.write(Query(sql).encode())
         error: bytes | None = None
         while True:
             msg_type, body = await protocol.read_message()
@@ -214,14 +217,6 @@ def _message(msg_type: bytes, body: bytes) -> bytes:
     return msg_type + _INT32.pack(len(body) + 4) + body
 
 
-def _startup_packet(params: dict[str, str]) -> bytes:
-    body = bytearray(struct.pack("!I", 196608))
-    for key, value in params.items():
-        body += key.encode() + b"\x00" + value.encode() + b"\x00"
-    body += b"\x00"
-    return _INT32.pack(len(body) + 4) + bytes(body)
-
-
 def _client_ssl_context(cfg: UpstreamConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -239,11 +234,12 @@ def _client_ssl_context(cfg: UpstreamConfig) -> ssl.SSLContext:
 
 
 def _error_fields(body: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in body.split(b"\x00"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
-    return fields
+    """Fields of an upstream ErrorResponse; a malformed one still yields what it can say."""
+    try:
+        message = decode_backend(ord("E"), body)
+    except ProtocolViolation:
+        return {}
+    return message.fields if isinstance(message, ErrorResponse) else {}
 
 
 async def open_upstream(
@@ -305,7 +301,7 @@ async def _handshake(
 ) -> UpstreamSession:
     tls = False
     if not unix and cfg.sslmode != "disable":
-        transport.write(_SSL_REQUEST)
+        transport.write(SSL_REQUEST)
         answer = await protocol.read_byte()
         if answer == ord("S"):
             new = await loop.start_tls(
@@ -331,7 +327,7 @@ async def _handshake(
                 f"unexpected answer {answer!r} to SSLRequest from upstream",
             )
     transport.set_write_buffer_limits(high=high, low=low)
-    transport.write(_startup_packet(params))
+    transport.write(encode_startup_message(params))
     await _authenticate(protocol, transport, cfg.user, password)
 
     session = UpstreamSession(protocol, transport, 0, 0, tls=tls)
@@ -373,7 +369,9 @@ def _upstream_refused(body: bytes) -> UpstreamError:
         )
     # Anything else (database does not exist, too many connections…) is PostgreSQL's
     # own message about the client's request, and is forwarded unchanged.
-    return UpstreamError(fields.get("M", "upstream error"), sqlstate, detail, raw_error=body)
+    return UpstreamError(
+        fields.get("M", "upstream error"), sqlstate, detail, raw_error=_message(b"E", body)
+    )
 
 
 async def _authenticate(
@@ -402,12 +400,12 @@ async def _authenticate(
                 "password is configured",
             )
         if code == 3:
-            transport.write(_message(b"p", password.encode() + b"\x00"))
+            transport.write(PasswordMessage(password).encode())
         elif code == 5:
             salt = body[4:8]
             inner = hashlib.md5(password.encode() + user.encode()).hexdigest()
             outer = hashlib.md5(inner.encode() + salt).hexdigest()
-            transport.write(_message(b"p", b"md5" + outer.encode() + b"\x00"))
+            transport.write(PasswordMessage("md5" + outer).encode())
         elif code == 10:
             mechanisms = [m.decode() for m in body[4:].split(b"\x00") if m]
             if "SCRAM-SHA-256" not in mechanisms:
@@ -417,12 +415,10 @@ async def _authenticate(
                 )
             scram = scramp.ScramClient(["SCRAM-SHA-256"], user, password)
             first = scram.get_client_first().encode()
-            transport.write(
-                _message(b"p", b"SCRAM-SHA-256\x00" + _INT32.pack(len(first)) + first)
-            )
+            transport.write(SASLInitialResponse("SCRAM-SHA-256", first).encode())
         elif code == 11 and scram is not None:
             scram.set_server_first(body[4:].decode())
-            transport.write(_message(b"p", scram.get_client_final().encode()))
+            transport.write(SASLResponse(scram.get_client_final().encode()).encode())
         elif code == 12 and scram is not None:
             try:
                 scram.set_server_final(body[4:].decode())
@@ -440,7 +436,7 @@ async def _authenticate(
 
 async def send_cancel(cfg: UpstreamConfig, pid: int, secret: int) -> None:
     """Send a CancelRequest for an upstream backend (a fresh, short-lived connection)."""
-    packet = struct.pack("!IIII", 16, 80877102, pid, secret)
+    packet = encode_cancel_request(pid, secret)
     async with asyncio.timeout(cfg.connect_timeout):
         if cfg.host.startswith("/"):
             reader, writer = await asyncio.open_unix_connection(
