@@ -408,8 +408,8 @@ def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="pgwarden-bench-"))
+def workdir(keep: bool, prefix: str = "pgwarden-bench-") -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)  # the postgres OS user must reach its subdirectories
     try:
         yield path

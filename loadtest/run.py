@@ -30,21 +30,19 @@ import platform
 import resource
 import secrets
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg
 
+from benchmarks.compare import _exit_on_signal, workdir
 from benchmarks.proctools import CLK_TCK, tree_cpu_seconds
 from benchmarks.targets import (
     LOOPBACK,
@@ -694,24 +692,6 @@ def _failures(results: list[RunResult]) -> list[str]:
 # -- orchestration ---------------------------------------------------------------------------
 
 
-def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
-    _log(f"got signal {signum}; stopping everything that was started")
-    raise SystemExit(128 + signum)
-
-
-@contextlib.contextmanager
-def workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="pgwarden-loadtest-"))
-    path.chmod(0o755)  # the postgres OS user must reach its subdirectories
-    try:
-        yield path
-    finally:
-        if keep:
-            _log(f"kept work directory {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def _busy_note(load: float | None) -> str | None:
     """A warning when something else was loading the machine before we started."""
     cores = os.cpu_count() or 1
@@ -727,7 +707,7 @@ def run(settings: Settings) -> int:
     role_password = secrets.token_urlsafe(18)
     results: list[RunResult] = []
     load_at_start = _loadavg()
-    with workdir(settings.keep) as base, contextlib.ExitStack() as stack:
+    with workdir(settings.keep, "pgwarden-loadtest-") as base, contextlib.ExitStack() as stack:
         cluster = PgCluster(base / "pg")
         stack.callback(cluster.stop)
         cluster.start()
