@@ -20,6 +20,34 @@ CLIENT_USER = "job"
 CLIENT_SECRET = "client-secret-42"
 DATABASE = "app"
 
+# The policy of the shared test gateway: the baseline pack, for a read-write job that
+# owns its tables (an ETL loader, a migration job): it may drop and truncate them, and
+# the test scripts raise notices from DO blocks. Everything else is the baseline's call,
+# so the compatibility matrix shows that drivers' and tools' own housekeeping passes it.
+READ_WRITE_POLICY = """
+[policy]
+baseline = true
+
+[[rules]]
+id = "rw.own_tables"
+action = "allow"
+commands = ["DROP TABLE", "DROP INDEX", "DROP VIEW", "DROP SEQUENCE", "DROP TYPE",
+            "DROP FUNCTION", "DROP MATERIALIZED VIEW", "TRUNCATE", "ALTER TABLE DROP *"]
+overrides = ["baseline.drop", "baseline.truncate", "baseline.alter_table_drop"]
+message = "a read-write job manages its own tables"
+
+[[rules]]
+id = "rw.do_blocks"
+action = "allow"
+kinds = ["DO"]
+overrides = ["baseline.dynamic_sql"]
+"""
+# No policy beyond the always-on integrity rule: what pure pass-through tests use.
+OPEN_POLICY = """
+[policy]
+baseline = false
+"""
+
 
 @dataclass
 class Gateway:
@@ -106,7 +134,9 @@ def write_config(
     server_extra: str = "",
     tls_extra: str = "allow_plaintext_loopback = true",
     upstream_extra: str = 'sslmode = "prefer"',
+    policy: str | None = None,
 ) -> None:
+    """A gateway config for the test cluster; ``policy`` replaces READ_WRITE_POLICY."""
     path.write_text(
         f"""
 [server]
@@ -137,6 +167,8 @@ level = "debug"
 [[clients]]
 user = "{CLIENT_USER}"
 secret_hash = "{hash_secret(CLIENT_SECRET)}"
+
+{READ_WRITE_POLICY if policy is None else policy}
 """
     )
 

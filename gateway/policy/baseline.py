@@ -12,7 +12,8 @@ identity on the data path that means:
   (``ALTER SYSTEM``, ``pg_reload_conf``), loading libraries, switching role
   (``SET ROLE``, ``SET SESSION AUTHORIZATION``), ``DROP DATABASE``; whole-table
   ``UPDATE``/``DELETE`` without ``WHERE``; and the protocol-level FunctionCall message,
-  which calls a function by OID where no SQL can be inspected.
+  which calls a function by OID where no SQL can be inspected — except for the built-in
+  large-object functions, whose OIDs are fixed (they are decided like a SELECT of them).
 - **Change management** (``approve``): destructive schema changes (``DROP …``,
   ``TRUNCATE``, ``ALTER TABLE … DROP …``), identity and privilege administration
   (``CREATE``/``ALTER``/``DROP ROLE``, ``GRANT``, ``REVOKE``), access to foreign servers
@@ -73,7 +74,7 @@ BASELINE: tuple[Rule, ...] = (
     _rule(
         "baseline.function_call", B,
         "the protocol-level FunctionCall message is not allowed (no SQL to inspect)",
-        kinds=frozenset({FUNCTION_CALL_KIND}),
+        kinds=frozenset({FUNCTION_CALL_KIND}), flags=frozenset({"unknown_function"}),
     ),
     _rule("baseline.drop_database", B, "DROP DATABASE is not allowed",
           commands=("DROP DATABASE",)),

@@ -8,7 +8,7 @@ some rule is scoped by them, plus the default action):
    send the same text over and over (prepared statements carry ``$1`` parameters, not
    literals), so this serves the common case with one dict lookup. Texts longer than
    ``EXACT_KEY_CHARS`` are keyed by their BLAKE2b digest instead, so a few huge
-   statements cannot pin megabytes. Bounded; the oldest entry is evicted first.
+   statements cannot pin megabytes. Bounded; when full it starts a new generation.
 2. **Normalized statement** — an LRU keyed by a 128-bit BLAKE2b digest of
    ``gateway.sql.normalize(sql)`` (the text with every constant replaced by ``$n``), so
    ``WHERE id = 1`` and ``WHERE id = 2`` share one decision.
@@ -83,6 +83,8 @@ def normalized_digest(sql: str) -> bytes:
 def literal_sensitive(analysis: Analysis) -> bool:
     """Whether a classification of this analysis may depend on a constant's value."""
     for stmt in analysis.statements:
+        if "parser_setting" in stmt.flags:
+            return True  # SET client_encoding = 'UTF8' / 'SJIS' normalize alike
         for name in stmt.functions:
             if name.rpartition(".")[2].lower() in LITERAL_SENSITIVE_FUNCTIONS:
                 return True
@@ -158,8 +160,18 @@ class DecisionCache:
             return
         exact = self._exact
         if len(exact) >= self._exact_size:
-            del exact[next(iter(exact))]
+            # Start a new generation rather than evict one by one: removing a dict's
+            # oldest entry (next(iter(d))) walks the holes earlier deletions left, which
+            # made every insert O(size) under a stream of distinct texts (literals in
+            # simple-protocol queries). Texts that recur are back after one normalized
+            # lookup.
+            exact.clear()
         exact[key] = decision
+
+    def resize(self, size: int, exact_size: int) -> None:
+        """New bounds for the two tiers (applied as entries are next added)."""
+        self._lru_size = size
+        self._exact_size = exact_size
 
     def invalidate(self, policy: Policy | None = None) -> int:
         """Forget every decision (and switch to ``policy`` if given); returns the new version."""

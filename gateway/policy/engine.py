@@ -60,6 +60,19 @@ __all__ = [
 ]
 
 DEFAULT_RULE_ID = "default"
+#: Statements that would make PostgreSQL read later statements differently from the
+#: parser that decides them (gateway.sql.classify.PARSER_GUCS) are always refused.
+INTEGRITY_FLAG = "unsafe_parser_setting"
+INTEGRITY_RULE = Rule(
+    id="integrity.parser_setting",
+    action=Action.BLOCK,
+    message=(
+        "pgwarden inspects SQL as UTF-8 (or another ASCII-safe encoding) with "
+        "standard_conforming_strings on; this setting change is not allowed"
+    ),
+    pack="integrity",
+    flags=frozenset({INTEGRITY_FLAG}),
+)
 SYNTAX_RULE_ID = "syntax"
 SQLSTATE_TOO_COMPLEX = "54001"
 # How many distinct (role, principal, database) scopes a policy remembers.
@@ -235,6 +248,9 @@ def _first_match(
 def _decide_one(
     scoped: _Scoped, ctx: DecisionContext, stmt: StatementLike, observed: list[str]
 ) -> tuple[Action, Rule | None]:
+    if INTEGRITY_FLAG in stmt.flags:
+        # Not a policy choice: no rule, pack or default can allow it (see INTEGRITY_RULE).
+        return Action.BLOCK, INTEGRITY_RULE
     configured, baseline = scoped.for_statement(stmt)
     chosen = _first_match(configured, stmt, observed)
     if chosen is None or chosen.action is not Action.BLOCK:
@@ -305,9 +321,11 @@ def decide_parsed(
     return best_rule.decision(best_index, seen)
 
 
-def syntax_error_decision(message: str) -> Decision:
+def syntax_error_decision(message: str, position: int | None = None) -> Decision:
     """SQL that does not parse: blocked with the parser's message (fail closed)."""
-    return Decision(Action.BLOCK, SYNTAX_RULE_ID, message, SQLSTATE_SYNTAX_ERROR)
+    return Decision(
+        Action.BLOCK, SYNTAX_RULE_ID, message, SQLSTATE_SYNTAX_ERROR, position=position
+    )
 
 
 def analyze_or_decision(sql: str) -> Analysis | Decision:
@@ -315,7 +333,7 @@ def analyze_or_decision(sql: str) -> Analysis | Decision:
     try:
         return analyze(sql)
     except SqlSyntaxError as exc:
-        return syntax_error_decision(str(exc))
+        return syntax_error_decision(exc.message, exc.position)
     except RecursionError:
         return Decision(
             Action.BLOCK, SYNTAX_RULE_ID, "statement is too deeply nested to inspect",
@@ -340,20 +358,42 @@ class FunctionCallStatement:
     category: str = "admin"
     relations: tuple[RelationLike, ...] = ()
     functions: tuple[str, ...] = ()
-    flags: AbstractSet[str] = frozenset()
+    flags: AbstractSet[str] = frozenset({"unknown_function"})
 
 
 FUNCTION_CALL = FunctionCallStatement()
 
+#: Built-in functions libpq's large-object API calls through FunctionCall, by their OIDs.
+#: These OIDs are fixed in PostgreSQL's catalog (pg_proc.dat) and cannot be taken by a
+#: user-defined function (those get OIDs >= 16384), so the OID names the function.
+LARGE_OBJECT_FUNCTIONS: dict[int, tuple[str, str]] = {
+    715: ("lo_create", "write"), 764: ("lo_import", "admin"), 765: ("lo_export", "admin"),
+    767: ("lo_import", "admin"), 952: ("lo_open", "read"), 953: ("lo_close", "read"),
+    954: ("loread", "read"), 955: ("lowrite", "write"), 956: ("lo_lseek", "read"),
+    957: ("lo_creat", "write"), 958: ("lo_tell", "read"), 964: ("lo_unlink", "write"),
+    1004: ("lo_truncate", "write"), 3170: ("lo_lseek64", "read"), 3171: ("lo_tell64", "read"),
+    3172: ("lo_truncate64", "write"),
+}
+_KNOWN_CALLS = {
+    oid: FunctionCallStatement(
+        category=category, functions=(f"pg_catalog.{name}",), flags=frozenset()
+    )
+    for oid, (name, category) in LARGE_OBJECT_FUNCTIONS.items()
+}
+
 
 def function_call_decision(
-    ctx: DecisionContext, rules: Policy | Sequence[Rule] = BASELINE
+    ctx: DecisionContext, rules: Policy | Sequence[Rule] = BASELINE, oid: int | None = None
 ) -> Decision:
-    """The decision for a FunctionCall ('F') message: blocked by the baseline.
+    """The decision for a FunctionCall ('F') message calling function ``oid``.
 
-    It calls a function by OID with no SQL text, so nothing about it can be inspected; a
-    configured rule matching ``kinds = ["FUNCTION_CALL"]`` with
-    ``overrides = ["baseline.function_call"]`` can allow it (e.g. for pgjdbc's
-    large-object API). Without the baseline and without rules, the default action applies.
+    It calls a function by OID with no SQL text. The built-in large-object functions
+    (``LARGE_OBJECT_FUNCTIONS``: how libpq, pg_dump and pgjdbc read and write large
+    objects) are decided like a SELECT of that function — so the baseline's server-file
+    rule still blocks ``lo_import`` / ``lo_export``; any other OID is unknown and blocked by
+    the baseline (rule ``baseline.function_call``; a configured rule matching
+    ``kinds = ["FUNCTION_CALL"]`` with ``overrides = ["baseline.function_call"]`` can allow
+    it). Without the baseline and without rules, the default action applies.
     """
-    return decide_parsed(ctx, (FUNCTION_CALL,), rules)
+    statement = _KNOWN_CALLS.get(oid, FUNCTION_CALL) if oid is not None else FUNCTION_CALL
+    return decide_parsed(ctx, (statement,), rules)

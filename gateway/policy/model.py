@@ -154,6 +154,9 @@ class Decision:
     sqlstate: str = ""
     observed: tuple[str, ...] = ()
     statement_index: int = -1
+    #: For SQL that does not parse: where (1-based character index), as PostgreSQL
+    #: reports it in the error's Position field.
+    position: int | None = None
 
     @property
     def allowed(self) -> bool:

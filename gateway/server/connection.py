@@ -86,6 +86,8 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.client_application = ""
+        self.role_name = ""
+        self.database = ""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -332,6 +334,8 @@ class ClientConnection(asyncio.Protocol):
             self._auth_failed(exc.sqlstate, str(exc))
             return
         role = binding.role
+        self.role_name = role.name
+        self.database = database
         upstream_cfg = ctx.config.upstream
         params = dict(self.params)
         params["user"] = role.upstream_user
@@ -417,10 +421,12 @@ class ClientConnection(asyncio.Protocol):
         self.key = self.ctx.register_session(self, session)
         proto = session.protocol
         client = self.transport
+        principal = self.principal.describe() if self.principal is not None else ""
+        hooks = self.ctx.hooks_for(self.role_name, principal, self.database, session.parameters)
         relay = Relay(
             client,
             session.transport,
-            self.ctx.hooks_for(self),
+            hooks,
             max_message_size=self.ctx.config.server.max_message_size,
             tx_status=session.tx_status,
             on_client_violation=self._violation,
@@ -432,6 +438,7 @@ class ClientConnection(asyncio.Protocol):
         proto.on_pause_writing = client.pause_reading
         proto.on_resume_writing = self._resume_client_reading
         relay.on_terminate = self._client_terminated
+        relay.on_session_fatal = self.shutdown
         # A fresh session replays its startup messages as PostgreSQL sent them; a reused
         # one describes its parameters as they are after the reset.
         startup = session.startup_messages if session.uses == 1 else session.greeting_parameters()

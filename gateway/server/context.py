@@ -21,10 +21,13 @@ from gateway.identity.oidc import OidcVerifier
 from gateway.identity.principal import Principal
 from gateway.identity.ratelimit import FailureLimiter
 from gateway.identity.secrets import read_role_password, read_upstream_password
+from gateway.policy.cache import DecisionCache
+from gateway.policy.engine import Policy
 from gateway.server.cancel import CancelRouter, secret_matches
 from gateway.server.pool import PoolKey, UpstreamPool, close_session
 from gateway.server.upstream import UpstreamSession, send_cancel
 from gateway.session.hooks import SessionHooks
+from gateway.session.policy import PolicyHooks
 
 if TYPE_CHECKING:
     from gateway.server.connection import ClientConnection
@@ -108,6 +111,7 @@ class WorkerContext:
             passwords = {r.name: read_role_password(r) for r in config.roles}
         else:
             passwords = {"default": read_upstream_password(config.upstream)}
+        policy = Policy.from_config(config)
         oidc = OidcVerifier(config.issuers) if config.issuers else None
         authenticator = Authenticator(config.clients, oidc, config.tls)
         old_oidc = self.oidc
@@ -121,6 +125,17 @@ class WorkerContext:
             # Kept across reloads otherwise: a SIGHUP must not forgive an attacker.
             self.limiter = FailureLimiter(*limits)
         self._default_role = implicit_role(config)
+        decisions: DecisionCache | None = getattr(self, "decisions", None)
+        if decisions is None:
+            self.decisions = DecisionCache(
+                policy, config.policy.cache_size, config.policy.exact_cache_size
+            )
+        else:
+            # One cache object for the worker's lifetime: sessions hold it, and see the
+            # new policy (and version) from their next statement on.
+            decisions.resize(config.policy.cache_size, config.policy.exact_cache_size)
+            version = decisions.invalidate(policy)
+            log.info("policy reloaded: version %d, %d rules", version, len(policy.rules))
         up = config.upstream
         old_pool = getattr(self, "pool", None)
         self.pool = UpstreamPool(up.pool_size, up.pool_idle_timeout)
@@ -186,8 +201,11 @@ class WorkerContext:
         self.sessions[key[0]] = conn
         return key
 
-    def hooks_for(self, conn: ClientConnection) -> SessionHooks:
-        return SessionHooks()
+    def hooks_for(
+        self, role: str, principal: str, database: str, parameters: dict[str, str]
+    ) -> SessionHooks:
+        """The hooks of a session that starts now: its statements decided by policy."""
+        return PolicyHooks(self.decisions, role, principal, database, parameters)
 
     # -- failed authentication ----------------------------------------------------------
 

@@ -4,9 +4,27 @@ A :class:`SessionHooks` object is consulted by the relay for the few messages th
 meaning for those layers. The default implementation decides nothing and records
 nothing, and the relay skips calling it at all on the hot path when ``active`` is false,
 so pass-through costs no more than framing.
+
+Hooks decide; the relay carries the decision out. A statement hook returns ``None`` to
+let the message through or a :class:`Refusal`, which the relay turns into an error the
+client sees in exactly the place PostgreSQL would have put it (see
+:mod:`gateway.session.relay` for how).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a statement is not forwarded: the ErrorResponse fields the client receives."""
+
+    sqlstate: str
+    message: str
+    detail: str | None = None
+    hint: str | None = None
+    position: int | None = None  # 1-based character index into the statement
 
 
 class SessionHooks:
@@ -15,17 +33,21 @@ class SessionHooks:
     #: When false the relay does not call the statement hooks (pure pass-through).
     active: bool = False
 
-    def on_query(self, body: memoryview) -> bytes | None:
-        """A simple-protocol Query. Return ``None`` to forward it, or the bytes to send
-        the client instead (an ErrorResponse and ReadyForQuery) to refuse it."""
+    def on_query(self, sql: bytes) -> Refusal | None:
+        """A simple-protocol Query; ``sql`` is its text (bytes before the terminator)."""
         return None
 
-    def on_parse(self, body: memoryview) -> bytes | None:
-        """An extended-protocol Parse. Same contract as :meth:`on_query`."""
+    def on_parse(self, name: bytes, sql: bytes) -> Refusal | None:
+        """An extended-protocol Parse of statement ``name`` (``b""``: the unnamed one)."""
         return None
 
-    def on_function_call(self, body: memoryview) -> bytes | None:
-        """A protocol-level FunctionCall. Same contract as :meth:`on_query`."""
+    def on_function_call(self, body: memoryview) -> Refusal | None:
+        """A protocol-level FunctionCall message."""
+        return None
+
+    def on_parameter(self, name: str, value: str) -> str | None:
+        """ParameterStatus from the server. Return a message to end the session with it
+        (the session can no longer be inspected faithfully), ``None`` to carry on."""
         return None
 
     def on_ready(self, status: int) -> None:

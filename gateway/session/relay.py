@@ -6,6 +6,18 @@ matter (statements for the hooks, ReadyForQuery for the transaction state, COPY
 boundaries, ParameterStatus) and forwards everything else as the same bytes, in runs,
 with one write per read.
 
+When the hooks refuse a statement, the relay does not answer the client itself: it sends
+the server, in the statement's place, a message that PostgreSQL answers with an error —
+``EXECUTE pgwarden_refused_<nonce>`` for a Query or FunctionCall, ``Describe`` of the
+nonexistent statement ``pgwarden_refused_<nonce>`` for a Parse or Bind — and rewrites that
+error (SQLSTATE 26000 naming the nonce) into the refusal. So the error arrives exactly
+where PostgreSQL would have put one: in order with pipelined results, followed by
+discarding until Sync, and with an open transaction left failed (25P02 until ROLLBACK) —
+the server keeps that state, the relay never imitates it. The nonce is random per
+refusal, so no client can make the server produce (or pre-create) a matching name.
+Statements whose Parse was refused are remembered by name, and a later Bind of one is
+refused the same way.
+
 It tracks what the supervisor needs to stop gracefully: a session is *idle* when every
 request the client sent has been answered with ReadyForQuery and no transaction is open.
 
@@ -15,12 +27,22 @@ transports in production, lists in tests) and never touches sockets itself.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.session.hooks import SessionHooks
+from gateway.session.hooks import Refusal, SessionHooks
+from gateway.wire.backend import error_response
 from gateway.wire.errors import ProtocolViolation
-from gateway.wire.framer import DEFAULT_MAX_MESSAGE_SIZE, Chunk, Framer, action_table
+from gateway.wire.framer import (
+    ACT_PASS,
+    ACT_WATCH,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Chunk,
+    Framer,
+    action_table,
+)
+from gateway.wire.frontend import Describe, Query
 from gateway.wire.states import (
     BACKEND_TYPES,
     FRONTEND_TYPES,
@@ -30,8 +52,11 @@ from gateway.wire.states import (
     next_phase,
 )
 
-_Q, _P, _F, _X = (ord(c) for c in "QPFX")
-_Z, _PARAM_STATUS = ord("Z"), ord("S")
+_Q, _P, _F, _X, _B = (ord(c) for c in "QPFXB")
+_Z, _PARAM_STATUS, _ERROR = ord("Z"), ord("S"), ord("E")
+_REFUSED_PREFIX = "pgwarden_refused_"
+# The error PostgreSQL raises for our replacement: the prepared statement does not exist.
+_UNDEFINED_PSTATEMENT = b"C26000\x00"
 
 
 def _invalid_types(valid: bytes) -> bytes:
@@ -42,12 +67,13 @@ def _invalid_types(valid: bytes) -> bytes:
 # answered by one ReadyForQuery), which the scanner does without calling back; Terminate
 # and every type that is not valid after startup are handed to the handler.
 _FRONTEND_PASSIVE = action_table(watch=b"X" + _invalid_types(FRONTEND_TYPES), request=b"QSF")
-# With active hooks, statements are watched so that the hooks can see and refuse them.
+# With active hooks, statements are watched so that the hooks can see and refuse them
+# (and Bind too while some statement's Parse stands refused).
 _FRONTEND_ACTIVE = action_table(watch=b"QPFX" + _invalid_types(FRONTEND_TYPES), request=b"S")
 # Backend: ReadyForQuery counted by the scanner; the COPY phase changes, ParameterStatus
-# and invalid types watched.
+# and invalid types watched (and ErrorResponse while refusals are outstanding).
 _BACKEND_PASSIVE = action_table(watch=b"GHWcS" + _invalid_types(BACKEND_TYPES), ready=b"Z")
-_BACKEND_ACTIVE = action_table(watch=b"ZGHWcS" + _invalid_types(BACKEND_TYPES))
+_BACKEND_READY = action_table(watch=b"ZGHWcS" + _invalid_types(BACKEND_TYPES))
 
 
 class Writer(Protocol):
@@ -65,10 +91,13 @@ class Relay:
         "_hooks",
         "_phase",
         "_phase_readies",
+        "_refusals",
+        "_refused_names",
         "client",
         "client_terminated",
         "on_client_violation",
         "on_server_violation",
+        "on_session_fatal",
         "on_terminate",
         "parameters",
         "server",
@@ -93,8 +122,16 @@ class Relay:
         #: Called when the client sends Terminate. The Terminate itself is not
         #: forwarded: the caller decides whether the upstream session ends or is reused.
         self.on_terminate: Callable[[], None] | None = None
+        #: Called with (SQLSTATE, message) when the hooks end the session (on_parameter).
+        self.on_session_fatal: Callable[[str, str], None] | None = None
         self._hooks = hooks if hooks is not None else SessionHooks()
         active = self._hooks.active
+        watch_ready = type(self._hooks).on_ready is not SessionHooks.on_ready
+        # Outstanding refusals: the replacement statement's name -> (the ReadyForQuery
+        # ordinal that ends its batch, the refusal).
+        self._refusals: dict[bytes, tuple[int, Refusal]] = {}
+        # Statement names whose Parse was refused -> why (Binds of them are refused too).
+        self._refused_names: dict[bytes, Refusal] = {}
         # Copies of the shared tables, so that later work (policy) can change what one
         # session watches without touching the others.
         self._frontend = Framer(
@@ -104,7 +141,7 @@ class Relay:
         )
         # The server is trusted to respect its own limit, not ours.
         self._backend = Framer(
-            bytearray(_BACKEND_ACTIVE if active else _BACKEND_PASSIVE),
+            bytearray(_BACKEND_READY if watch_ready else _BACKEND_PASSIVE),
             self._on_backend,
             DEFAULT_MAX_MESSAGE_SIZE,
         )
@@ -176,31 +213,63 @@ class Relay:
         # and invalid types.
         hooks = self._hooks
         if msg_type == _Q:
-            refusal = hooks.on_query(body)
-            if refusal is not None:
-                self.client.write(refusal)
-                return b""
+            refusal = hooks.on_query(_query_text(body))
             self._frontend.requests += 1
-            return None
+            if refusal is None:
+                return None
+            # The replacement is itself a Query: one request, one ReadyForQuery.
+            return self._refuse(refusal, self._frontend.requests, as_query=True)
         if msg_type == _P:
-            refusal = hooks.on_parse(body)
-            if refusal is not None:
-                self.client.write(refusal)
-                return b""
-            return None
+            name, sql = _parse_fields(body)
+            refusal = hooks.on_parse(name, sql)
+            if refusal is None:
+                if self._refused_names:
+                    self._forget_refused(name)
+                return None
+            self._refused_names[name] = refusal
+            self._frontend.actions[_B] = ACT_WATCH
+            return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
+        if msg_type == _B:
+            statement = _bind_statement(body)
+            refusal = self._refused_names.get(statement)
+            if refusal is None:
+                return None
+            return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
         if msg_type == _F:
             refusal = hooks.on_function_call(body)
-            if refusal is not None:
-                self.client.write(refusal)
-                return b""
             self._frontend.requests += 1
-            return None
+            if refusal is None:
+                return None
+            return self._refuse(refusal, self._frontend.requests, as_query=True)
         if msg_type == _X:
             self.client_terminated = True
             if self.on_terminate is not None:
                 self.on_terminate()
             return b""
         raise ProtocolViolation(f"invalid frontend message type {msg_type}")
+
+    def _refuse(self, refusal: Refusal, batch: int, *, as_query: bool) -> bytes:
+        """The message sent upstream in a refused one's place (see the module docstring).
+
+        ``batch`` is the ordinal of the ReadyForQuery that ends the refused message's
+        batch: its Query's own, or the next Sync's.
+        """
+        name = _REFUSED_PREFIX + secrets.token_hex(12)
+        self._refusals[name.encode()] = (batch, refusal)
+        self._backend.actions[_ERROR] = ACT_WATCH
+        if as_query:
+            return Query(f"EXECUTE {name}").encode()
+        return Describe("S", name).encode()
+
+    def _forget_refused(self, name: bytes) -> None:
+        self._refused_names.pop(name, None)
+        if not self._refused_names:
+            self._frontend.actions[_B] = ACT_PASS
+
+    @property
+    def refusals_outstanding(self) -> int:
+        """Refusals whose error has not come back from the server yet."""
+        return len(self._refusals)
 
     # -- server -> client ---------------------------------------------------------------
 
@@ -219,6 +288,8 @@ class Relay:
             self.client.writelines(out)
 
     def _on_backend(self, msg_type: int, body: memoryview) -> bytes | None:
+        if msg_type == _ERROR:
+            return self._on_error(body)
         if msg_type == _PARAM_STATUS:
             self._record_parameter(body)
             return None
@@ -235,15 +306,42 @@ class Relay:
             return None
         raise ProtocolViolation(f"invalid backend message type {msg_type}")
 
+    def _on_error(self, body: memoryview) -> bytes | None:
+        """An ErrorResponse while refusals are outstanding: ours is rewritten."""
+        refusals = self._refusals
+        # Refusals of batches that already ended were skipped by an earlier error in
+        # their batch (or their transaction had failed): their error will never come.
+        current = self._backend.readies + 1
+        for key in [k for k, (batch, _) in refusals.items() if batch < current]:
+            del refusals[key]
+        replacement: bytes | None = None
+        raw = bytes(body)
+        if _UNDEFINED_PSTATEMENT in raw:
+            for key in refusals:
+                if key in raw:
+                    refusal = refusals.pop(key)[1]
+                    replacement = error_response(
+                        refusal.sqlstate, refusal.message,
+                        detail=refusal.detail, hint=refusal.hint, position=refusal.position,
+                    )
+                    break
+        if not refusals:
+            self._backend.actions[_ERROR] = ACT_PASS
+        return replacement
+
     def _record_parameter(self, body: memoryview) -> None:
         raw = bytes(body)
         parts = raw.split(b"\x00")
         if len(parts) != 3 or parts[2] != b"":
             raise ProtocolViolation("invalid ParameterStatus message from server")
         try:
-            self.parameters[parts[0].decode()] = parts[1].decode()
+            name, value = parts[0].decode(), parts[1].decode()
         except UnicodeDecodeError as exc:
             raise ProtocolViolation("invalid ParameterStatus message from server") from exc
+        self.parameters[name] = value
+        fatal = self._hooks.on_parameter(name, value)
+        if fatal is not None and self.on_session_fatal is not None:
+            self.on_session_fatal("0A000", fatal)
 
     def close(self, reason: str) -> None:
         self._hooks.on_close(reason)
@@ -253,7 +351,37 @@ class Relay:
         self._backend.handler = _closed_handler
         self.on_client_violation = self.on_server_violation = None
         self.on_terminate = None
+        self.on_session_fatal = None
 
 
 def _closed_handler(msg_type: int, body: memoryview) -> bytes | None:
     raise ProtocolViolation("session is closed")
+
+
+def _query_text(body: memoryview) -> bytes:
+    """The text of a Query body: one string and its terminator, nothing after it."""
+    raw = bytes(body)
+    end = raw.find(b"\x00")
+    if end != len(raw) - 1:
+        raise ProtocolViolation("invalid Query message: the string must end the message")
+    return raw[:end]
+
+
+def _parse_fields(body: memoryview) -> tuple[bytes, bytes]:
+    """(statement name, SQL text) of a Parse body."""
+    raw = bytes(body)
+    name_end = raw.find(b"\x00")
+    sql_end = raw.find(b"\x00", name_end + 1) if name_end >= 0 else -1
+    if sql_end < 0:
+        raise ProtocolViolation("invalid Parse message")
+    return raw[:name_end], raw[name_end + 1 : sql_end]
+
+
+def _bind_statement(body: memoryview) -> bytes:
+    """The statement name of a Bind body (after the portal name)."""
+    raw = bytes(body)
+    portal_end = raw.find(b"\x00")
+    end = raw.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
+    if end < 0:
+        raise ProtocolViolation("invalid Bind message")
+    return raw[portal_end + 1 : end]

@@ -7,7 +7,7 @@ constant-insensitive fingerprint and normalized text for the decision cache.
 Must not import gateway.wire or asyncio (docs: ARCHITECTURE.md §2).
 """
 
-from gateway.sql.classify import analyze, fingerprint, normalize
+from gateway.sql.classify import analyze, fingerprint, normalize, parser_setting_safe
 from gateway.sql.model import Analysis, RelationRef, SqlSyntaxError, Statement
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "analyze",
     "fingerprint",
     "normalize",
+    "parser_setting_safe",
 ]

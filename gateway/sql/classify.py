@@ -32,8 +32,9 @@ byte offsets; parser error positions come back from pglast as 0-based character 
 
 What parsing cannot see (documented for the policy engine): bodies of functions,
 procedures, triggers, rules and views that already exist (``CALL p()`` or ``SELECT f()``
-runs whatever ``p``/``f`` contain); the SQL text run by ``DO`` blocks and SQL-level
-``EXECUTE`` (flagged ``dynamic_sql``); which schema an unqualified name resolves to
+runs whatever ``p``/``f`` contain); the SQL text run by ``DO`` blocks and PL/pgSQL
+``EXECUTE`` (``DO`` is flagged ``dynamic_sql``; SQL-level ``EXECUTE p`` runs what
+``PREPARE p`` prepared, decided when it was prepared); which schema an unqualified name resolves to
 (``search_path``); functions reached through operators, casts or ``CREATE OPERATOR`` /
 ``CREATE CAST`` definitions. The role's least-privilege upstream user is the backstop.
 """
@@ -41,6 +42,7 @@ runs whatever ``p``/``f`` contain); the SQL text run by ``DO`` blocks and SQL-le
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +63,43 @@ _EMPTY: frozenset[str] = frozenset()
 # Name tables
 
 ROLE_GUCS = frozenset({"role", "session_authorization"})
+
+# Settings that change how PostgreSQL splits the bytes of later statements into tokens.
+# pgwarden parses statements as UTF-8 with standard-conforming strings; if a session could
+# switch to an encoding whose multibyte characters may end in an ASCII byte (SJIS's
+# 0x81 0x5C swallows a backslash) or turn standard_conforming_strings off (backslash
+# escapes a quote), the server would read a statement differently from the parser that
+# decided it. Changing them to anything else is flagged ``parser_setting``; to an unsafe
+# or non-constant value ``unsafe_parser_setting`` (refused whatever the policy says).
+PARSER_GUCS = frozenset({"client_encoding", "standard_conforming_strings"})
+# Encodings (normalized as PostgreSQL does: lowercase, alphanumerics only) in which every
+# byte of a multibyte character is >= 0x80, so ASCII syntax bytes are never swallowed.
+_SAFE_ENCODING = re.compile(
+    r"(utf8|unicode|sqlascii|latin([1-9]|10)|iso8859(1[0-6]|[1-9])|win(125[0-8]|866|874)?"
+    r"|windows(125[0-8]|866|874)|alt|koi8[ru]?|euc(jp|cn|kr|tw|jis2004)|muleinternal"
+    r"|tcvn(5712)?|vscii|abc)"
+)
+_TRUE_WORDS = frozenset({"on", "1", "t", "tr", "tru", "true", "y", "ye", "yes"})
+
+
+def parser_setting_safe(name: str, value: object) -> bool:
+    """Whether setting ``name`` (one of PARSER_GUCS) to ``value`` keeps parsing faithful.
+
+    ``value`` is the constant given (``None`` for DEFAULT / RESET, which return to the
+    session's initial value, itself checked when the session starts); anything that is
+    not a constant string, number or boolean is unsafe.
+    """
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        text = "on" if value else "off"
+    elif isinstance(value, (int, str)):
+        text = str(value)
+    else:
+        return False
+    if name == "client_encoding":
+        return _SAFE_ENCODING.fullmatch(re.sub(r"[^0-9a-z]", "", text.lower())) is not None
+    return text.strip().lower() in _TRUE_WORDS
 
 # Functions that run SQL text they are given (or talk to other servers running SQL).
 DYNAMIC_SQL_FUNCTIONS = frozenset(
@@ -362,9 +401,11 @@ def _classify_set(body: Node) -> tuple[str, str, Category]:
 
 
 class _Walker:
-    __slots__ = ("flags", "functions", "relations", "writes")
+    __slots__ = ("flags", "functions", "known_setting", "relations", "writes")
 
     def __init__(self) -> None:
+        # (id of a set_config call, the setting its `name` argument is known to be)
+        self.known_setting: tuple[int, str] | None = None
         # name -> first source location (byte offset), to report in source order
         self.relations: dict[RelationRef, int] = {}
         self.functions: dict[str, int] = {}
@@ -401,7 +442,8 @@ class _Walker:
         if mode == "read" and schema is None and name in ctx[1]:
             return  # a reference to a CTE in scope, not a table
         if mode == "write" and name == "pg_settings" and schema in (None, "pg_catalog"):
-            self.flags.add("role_switch")  # UPDATE pg_settings runs set_config()
+            # UPDATE pg_settings runs set_config() with values pgwarden cannot see
+            self.flags.update(("role_switch", "parser_setting", "unsafe_parser_setting"))
         ref = RelationRef(schema, name, mode)
         location = int(rv.get("location", 0))
         if location < self.relations.get(ref, location + 1):
@@ -505,16 +547,57 @@ def _on_func(w: _Walker, body: Node, ctx: Ctx, out: Stack) -> None:
         args = body.get("args") or []
         first = (args[0].get("A_Const") or {}) if args else {}
         setting = first.get("sval", {}).get("sval") if "sval" in first else None
+        if setting is None and w.known_setting is not None and w.known_setting[0] == id(body):
+            setting = w.known_setting[1]
         # a non-constant setting name could be 'role': assume the worst
         if not isinstance(setting, str) or setting.strip().lower() in ROLE_GUCS:
             w.flags.add("role_switch")
+        name_key = setting.strip().lower() if isinstance(setting, str) else None
+        if name_key is None or name_key in PARSER_GUCS:
+            w.flags.add("parser_setting")
+            value = _const_value(args[1]) if len(args) > 1 else _NOT_CONST
+            if name_key is None or not parser_setting_safe(name_key, value):
+                w.flags.add("unsafe_parser_setting")
     out.append((body, ctx))
 
 
 def _on_set(w: _Walker, body: Node, ctx: Ctx, out: Stack) -> None:
-    if str(body.get("name", "")).lower() in ROLE_GUCS:
+    name = str(body.get("name", "")).lower()
+    if name in ROLE_GUCS:
         w.flags.add("role_switch")
+    if name in PARSER_GUCS:
+        w.flags.add("parser_setting")
+        args = body.get("args") or []
+        kind = body.get("kind", "")
+        if kind == "VAR_SET_VALUE":
+            value = _const_value(args[0]) if len(args) == 1 else _NOT_CONST
+        elif kind in ("VAR_SET_DEFAULT", "VAR_RESET"):
+            value = None
+        else:  # SET ... FROM CURRENT and anything newer: not a value we can check
+            value = _NOT_CONST
+        if not parser_setting_safe(name, value):
+            w.flags.add("unsafe_parser_setting")
     out.append((body, ctx))
+
+
+_NOT_CONST = object()
+
+
+def _const_value(node: Any) -> object:
+    """The value of an A_Const argument (str / int / bool), else a non-constant marker."""
+    const = node.get("A_Const") if isinstance(node, dict) else None
+    if not isinstance(const, dict):
+        return _NOT_CONST
+    for key, field in (("sval", "sval"), ("ival", "ival"), ("boolval", "boolval")):
+        if key in const:
+            inner = const[key]
+            if not isinstance(inner, dict):
+                return inner
+            # pglast omits zero / false values from its JSON
+            return inner.get(field, 0 if key == "ival" else False)
+    if "fval" in const:
+        return str((const["fval"] or {}).get("fval", ""))
+    return _NOT_CONST
 
 
 def _on_copy(w: _Walker, body: Node, ctx: Ctx, out: Stack) -> None:
@@ -585,7 +668,6 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Ctx, Stack], None]] = {
     "CopyStmt": _on_copy,
     "ExplainStmt": _on_explain,
     "DoStmt": _on_dynamic,
-    "ExecuteStmt": _on_dynamic,
     "AlterSystemStmt": _on_alter_system,
     "DropStmt": _on_drop,
     "LockStmt": _on_lock,
@@ -596,10 +678,61 @@ _WRITE_CATEGORIES = frozenset({"write", "ddl", "dcl", "admin"})
 _ESCALATE = frozenset({"SELECT", "COPY", "INSERT", "UPDATE", "DELETE", "MERGE"})
 
 
+def _settings_lookup(body: Node) -> tuple[int, str] | None:
+    """pg_dump's guarded setting change, whose setting name is a constant after all:
+
+        SELECT set_config(name, 'value', false) FROM pg_settings WHERE name = 'setting'
+
+    (it only sets a setting the server has). Recognized in exactly this shape, so that a
+    ``name`` column of any other row source can never pass for a constant.
+    """
+    targets = body.get("targetList") or []
+    sources = body.get("fromClause") or []
+    if len(targets) != 1 or len(sources) != 1 or set(body) - _LOOKUP_KEYS:
+        return None
+    call = ((targets[0].get("ResTarget") or {}).get("val") or {}).get("FuncCall")
+    rv = sources[0].get("RangeVar") or {}
+    if (
+        not isinstance(call, dict)
+        or rv.get("relname") != "pg_settings"
+        or rv.get("schemaname") not in (None, "pg_catalog")
+        or [f.get("String", {}).get("sval") for f in call.get("funcname") or ()]
+        not in (["set_config"], ["pg_catalog", "set_config"])
+        or not call.get("args")
+        or not _is_name_column(call["args"][0])
+    ):
+        return None
+    where = (body.get("whereClause") or {}).get("A_Expr") or {}
+    if where.get("kind") != "AEXPR_OP" or [
+        n.get("String", {}).get("sval") for n in where.get("name") or ()
+    ] != ["="]:
+        return None
+    left, right = where.get("lexpr"), where.get("rexpr")
+    if _is_name_column(right):
+        left, right = right, left
+    value = _const_value(right)
+    if not _is_name_column(left) or not isinstance(value, str):
+        return None
+    return id(call), value
+
+
+_LOOKUP_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
+
+
+def _is_name_column(node: Any) -> bool:
+    ref = node.get("ColumnRef") if isinstance(node, dict) else None
+    if not isinstance(ref, dict):
+        return False
+    fields = [f.get("String", {}).get("sval") for f in ref.get("fields") or ()]
+    return fields in (["name"], ["pg_settings", "name"])
+
+
 def _statement(text: str, node: Node) -> Statement:
     ntype, body = _only(node)
     kind, command, category = _classify(ntype, body)
     walker = _Walker()
+    if ntype == "SelectStmt":
+        walker.known_setting = _settings_lookup(body)
     mode: Mode = "write" if category in _WRITE_CATEGORIES else "read"
     walker.run(node, (mode, _EMPTY, False, False))
     if walker.writes:

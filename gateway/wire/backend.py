@@ -468,9 +468,10 @@ def error_response(
     severity: str = "ERROR",
     detail: str | None = None,
     hint: str | None = None,
+    position: int | None = None,
     encoding: str = "utf-8",
 ) -> bytes:
-    """An ErrorResponse with fields S, V, C, M and optionally D, H, in PostgreSQL's order.
+    """An ErrorResponse with fields S, V, C, M and optionally D, H, P, in PostgreSQL's order.
 
     ``severity`` goes into both S (localized; the gateway does not translate) and V
     (never localized, what clients branch on).
@@ -486,6 +487,8 @@ def error_response(
         parts += (b"D", _field_text(detail, encoding), b"\x00")
     if hint is not None:
         parts += (b"H", _field_text(hint, encoding), b"\x00")
+    if position is not None:
+        parts += (b"P", str(position).encode("ascii"), b"\x00")
     parts.append(b"\x00")
     body = b"".join(parts)
     return b"E" + _pack_int32(len(body) + 4) + body

@@ -135,7 +135,7 @@ select count(*), max(id) from :"tbl";
 prepare byid(int) as select id, name, amount, tags from :"tbl" where id = $1;
 {executes}deallocate byid;
 begin;
-delete from :"tbl";
+delete from :"tbl" where id > 0;
 select count(*) as inside from :"tbl";
 rollback;
 select count(*) as after_rollback from :"tbl";

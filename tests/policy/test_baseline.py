@@ -43,8 +43,9 @@ DANGEROUS: list[tuple[str, Action, str]] = [
     ("SELECT set_config('role', 'postgres', false)", BLOCK, "baseline.role_switch"),
     ("SELECT set_config('session_authorization', 'postgres', false)", BLOCK,
      "baseline.role_switch"),
+    # set_config() through pg_settings: neither the setting nor the value can be checked
     ("UPDATE pg_settings SET setting = 'postgres' WHERE name = 'role'", BLOCK,
-     "baseline.role_switch"),
+     "integrity.parser_setting"),
     ("UPDATE accounts SET balance = 0", BLOCK, "baseline.no_where"),
     ("DELETE FROM accounts", BLOCK, "baseline.no_where"),
     ("DELETE FROM accounts WHERE true", BLOCK, "baseline.no_where"),
@@ -68,7 +69,6 @@ DANGEROUS: list[tuple[str, Action, str]] = [
     ("CREATE SERVER evil FOREIGN DATA WRAPPER postgres_fdw", APPROVE, "baseline.foreign_access"),
     ("DO $$ BEGIN EXECUTE 'DROP TABLE accounts'; END $$", APPROVE, "baseline.dynamic_sql"),
     ("DO LANGUAGE plpgsql 'BEGIN NULL; END'", APPROVE, "baseline.dynamic_sql"),
-    ("EXECUTE stmt", APPROVE, "baseline.dynamic_sql"),
     ("SELECT query_to_xml('SELECT * FROM hr.payroll', true, true, '')", APPROVE,
      "baseline.dynamic_sql"),
 ]
@@ -95,7 +95,8 @@ EVASIONS: list[tuple[str, Action, str]] = [
     ("DECLARE c CURSOR FOR SELECT pg_read_file('/etc/passwd')", BLOCK, "baseline.server_files"),
     ("SELECT * FROM (SELECT pg_ls_dir('/')) s", BLOCK, "baseline.server_files"),
     ("SELECT 1 WHERE EXISTS (SELECT lo_export(1, '/tmp/x'))", BLOCK, "baseline.server_files"),
-    ("SELECT set_config(current_user, 'postgres', false)", BLOCK, "baseline.role_switch"),
+    ("SELECT set_config(current_user, 'postgres', false)", BLOCK,
+     "integrity.parser_setting"),  # a computed setting name could be client_encoding
     ("CREATE TABLE x AS SELECT pg_read_file('/etc/passwd')", BLOCK, "baseline.server_files"),
     # very long statements are still parsed and decided
     ("SELECT " + ", ".join(f"c{i}" for i in range(20000)) + " FROM t; DROP DATABASE prod",

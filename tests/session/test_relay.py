@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from gateway.session.hooks import SessionHooks
+from gateway.session.hooks import Refusal, SessionHooks
 from gateway.session.relay import Relay
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framer import Chunk
@@ -115,16 +115,17 @@ def test_invalid_ready_for_query_from_server() -> None:
 class RefuseDrop(SessionHooks):
     active = True
 
-    def on_query(self, body: memoryview) -> bytes | None:
-        if b"drop" in bytes(body):
-            return b"REFUSED"
-        return None
+    def on_query(self, sql: bytes) -> Refusal | None:
+        return Refusal("42501", "no drops") if b"drop" in sql else None
 
 
 def test_hooks_can_refuse_a_statement() -> None:
     relay, client, server = make(RefuseDrop())
     ok = msg(b"Q", b"select 1\x00")
     relay.client_data(msg(b"Q", b"drop table x\x00") + ok)
-    assert server.bytes() == ok
-    assert client.bytes() == b"REFUSED"
-    assert relay.pending == 1
+    sent = server.bytes()
+    # The refused Query is replaced by one the server will answer with an error.
+    assert sent.endswith(ok) and b"drop" not in sent
+    assert sent.startswith(b"Q") and b"EXECUTE pgwarden_refused_" in sent
+    assert client.bytes() == b""
+    assert relay.pending == 2

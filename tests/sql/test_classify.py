@@ -48,6 +48,8 @@ def rel(r: RelationRef) -> str:
 
 
 ROLE = {"role_switch"}
+PARSER = {"parser_setting"}
+UNSAFE_PARSER = {"parser_setting", "unsafe_parser_setting"}
 
 CASES: list[Case] = [
     # --- plain DML / reads
@@ -148,9 +150,9 @@ CASES: list[Case] = [
          relations={"t:write"}, flags={"no_where"}),
     Case("PREPARE q(int) AS SELECT * FROM t WHERE id = $1", kind="PREPARE",
          category="read", relations={"t:read"}),
-    Case("EXECUTE p", kind="EXECUTE", flags={"dynamic_sql"}),
-    Case("EXECUTE q(pg_read_file('x'))", functions={"pg_read_file"},
-         has_flags={"dynamic_sql"}),
+    # runs what PREPARE prepared, which was decided then; its arguments are inspected
+    Case("EXECUTE p", kind="EXECUTE", flags=set()),
+    Case("EXECUTE q(pg_read_file('x'))", functions={"pg_read_file"}),
     Case("DEALLOCATE ALL", kind="DEALLOCATE", category="session"),
     # --- DO
     Case("DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$", kind="DO", flags={"dynamic_sql"}),
@@ -190,7 +192,7 @@ CASES: list[Case] = [
          flags=ROLE),
     Case("SELECT pg_catalog.set_config('session_authorization', 'x', true)", flags=ROLE),
     Case("SELECT set_config(' ROLE ', 'x', false)", flags=ROLE),
-    Case("SELECT set_config(name, 'x', false) FROM t", flags=ROLE),
+    Case("SELECT set_config(name, 'x', false) FROM t", flags=ROLE | UNSAFE_PARSER),
     Case("SELECT set_config('search_path', 'x', false)", flags=set()),
     Case("UPDATE pg_settings SET setting = 'admin' WHERE name = 'role'", has_flags=ROLE),
     Case("ALTER ROLE me SET role = 'admin'", kind="DCL", command="ALTER ROLE", flags=ROLE),
@@ -477,7 +479,7 @@ def test_public_api_names() -> None:
 
     assert set(api.__all__) == {
         "Analysis", "RelationRef", "SqlSyntaxError", "Statement", "analyze", "fingerprint",
-        "normalize",
+        "normalize", "parser_setting_safe",
     }
     err: Any = SqlSyntaxError("m", 3)
     assert (err.message, err.position) == ("m", 3)

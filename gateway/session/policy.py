@@ -1,0 +1,157 @@
+"""Policy enforcement for one session: every statement decided before it is forwarded.
+
+:class:`PolicyHooks` is the :class:`~gateway.session.hooks.SessionHooks` that turns the
+text of each Query and Parse (and each FunctionCall message) into a decision through the
+worker's :class:`~gateway.policy.cache.DecisionCache`, and anything but ``allow`` into a
+:class:`~gateway.session.hooks.Refusal` the relay delivers in PostgreSQL's place.
+
+It also owns the conditions under which a decision can be trusted at all. pgwarden parses
+statements as UTF-8 text with standard-conforming strings; the server reads them in the
+session's ``client_encoding`` and with its ``standard_conforming_strings``. Both are
+reported by the server (ParameterStatus), so:
+
+- text that is not valid UTF-8 is refused (22021), never guessed at;
+- a session whose encoding could swallow an ASCII byte into a multibyte character
+  (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) or whose strings treat backslash as an escape
+  is not inspectable: its statements are refused (0A000), and a session that switches to
+  such a setting after it started (the SQL that does so is refused by the policy
+  engine's integrity rule, but a function body could still do it) is ended.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.policy.cache import DecisionCache
+from gateway.policy.engine import function_call_decision
+from gateway.policy.model import Decision, DecisionContext
+from gateway.session.hooks import Refusal, SessionHooks
+from gateway.sql import parser_setting_safe
+
+log = logging.getLogger("pgwarden.policy")
+
+# Per session: how many allowed texts are remembered, and up to what length.
+_ALLOWED_MEMO = 64
+_ALLOWED_MEMO_TEXT = 4096
+SQLSTATE_BAD_ENCODING = "22021"  # character_not_in_repertoire, as PostgreSQL reports it
+SQLSTATE_NOT_SUPPORTED = "0A000"
+
+
+def unsafe_setting(name: str, value: str) -> str | None:
+    """Why a reported server setting makes statements uninspectable, or ``None``."""
+    if name in ("client_encoding", "standard_conforming_strings") and not (
+        parser_setting_safe(name, value)
+    ):
+        return (
+            f"pgwarden cannot inspect statements with {name} = {value}: "
+            "use client_encoding UTF8 and standard_conforming_strings on"
+        )
+    return None
+
+
+class PolicyHooks(SessionHooks):
+    """Decides each statement of one session (role, principal, database) by policy."""
+
+    active = True
+
+    __slots__ = (
+        "_allowed", "_cache", "_ctx", "_unsafe", "_version", "database", "principal", "role",
+    )
+
+    def __init__(
+        self,
+        cache: DecisionCache,
+        role: str,
+        principal: str,
+        database: str,
+        parameters: dict[str, str],
+    ) -> None:
+        self._cache = cache
+        self.role = role
+        self.principal = principal
+        self.database = database
+        self._version = cache.version
+        self._ctx = cache.policy.context(role, principal, database)
+        self._unsafe: str | None = None
+        # Statement texts this session sent that were allowed (without observe rules)
+        # under policy version _version: a session repeats its statements, and this
+        # serves them with one lookup of the bytes as received. Cleared on reload.
+        self._allowed: set[bytes] = set()
+        for name, value in parameters.items():
+            self._unsafe = self._unsafe or unsafe_setting(name, value)
+
+    # -- decisions ----------------------------------------------------------------------
+
+    def context(self) -> DecisionContext:
+        """The decision context under the cache's current policy (it may be reloaded)."""
+        cache = self._cache
+        if cache.version != self._version:
+            self._version = cache.version
+            self._ctx = cache.policy.context(self.role, self.principal, self.database)
+            self._allowed.clear()
+        return self._ctx
+
+    def decide(self, sql: bytes) -> Decision | Refusal:
+        """The decision for SQL text as it came off the wire, or why it cannot be made."""
+        if self._unsafe is not None:
+            return Refusal(SQLSTATE_NOT_SUPPORTED, self._unsafe)
+        try:
+            text = sql.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Refusal(
+                SQLSTATE_BAD_ENCODING,
+                f"invalid byte sequence for encoding UTF8 at byte {exc.start}: "
+                "pgwarden inspects statements as UTF-8",
+            )
+        return self._cache.decide(self.context(), text)
+
+    def _verdict(self, outcome: Decision | Refusal, what: str) -> Refusal | None:
+        if isinstance(outcome, Refusal):
+            log.warning("refused %s of %s (role %s): %s", what, self.principal, self.role,
+                        outcome.message)
+            return outcome
+        if outcome.observed:
+            policy = self._cache.policy
+            for rule_id in outcome.observed:
+                rule = policy.rule(rule_id)
+                would = rule.action.label if rule is not None else "?"
+                log.warning("observe: rule %s would %s a %s of %s (role %s)", rule_id, would,
+                            what, self.principal, self.role)
+        if outcome.allowed:
+            return None
+        log.info("%s %s of %s (role %s) by rule %s", outcome.action.label, what,
+                 self.principal, self.role, outcome.rule_id)
+        return Refusal(outcome.sqlstate, outcome.message, position=outcome.position)
+
+    def _statement(self, sql: bytes, what: str) -> Refusal | None:
+        if sql in self._allowed and self._version == self._cache.version:
+            return None
+        outcome = self.decide(sql)
+        if isinstance(outcome, Decision) and outcome.allowed and not outcome.observed:
+            if len(self._allowed) >= _ALLOWED_MEMO and self._allowed:
+                self._allowed.clear()
+            if len(sql) <= _ALLOWED_MEMO_TEXT:
+                self._allowed.add(sql)
+            return None
+        return self._verdict(outcome, what)
+
+    def on_query(self, sql: bytes) -> Refusal | None:
+        return self._statement(sql, "query")
+
+    def on_parse(self, name: bytes, sql: bytes) -> Refusal | None:
+        return self._statement(sql, "prepared statement")
+
+    def on_function_call(self, body: memoryview) -> Refusal | None:
+        if self._unsafe is not None:
+            return self._verdict(Refusal(SQLSTATE_NOT_SUPPORTED, self._unsafe), "function call")
+        oid = int.from_bytes(body[:4], "big") if len(body) >= 4 else None
+        return self._verdict(
+            function_call_decision(self.context(), self._cache.policy, oid), "function call"
+        )
+
+    def on_parameter(self, name: str, value: str) -> str | None:
+        reason = unsafe_setting(name, value)
+        if reason is not None:
+            self._unsafe = reason
+            self._allowed.clear()
+        return reason
