@@ -73,7 +73,79 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("tool", choices=["issuer"], help="the helper to run")
     dev.add_argument("rest", nargs=argparse.REMAINDER, help="the helper's own options")
+    _add_audit_commands(sub)
     return parser
+
+
+def _add_audit_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser(
+        "keys",
+        help="audit signing keys: 'pgwarden keys generate --out PATH'",
+        description="Manage the Ed25519 keys that sign the audit log.",
+    )
+    keys_sub = keys.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    generate = keys_sub.add_parser(
+        "generate",
+        help="create a signing key (mode 0600) and its public key (PATH.pub)",
+        description="Create a new Ed25519 signing key at PATH (mode 0600, never overwritten) "
+        "and its public key at PATH.pub, and print the key id.",
+    )
+    generate.add_argument("--out", required=True, metavar="PATH", help="private key file")
+
+    audit = sub.add_parser(
+        "audit",
+        help="verify or stream the signed audit log: 'pgwarden audit verify|tail ...'",
+        description="Verify the signed audit log, or stream its verified events.",
+    )
+    audit_sub = audit.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    verify = audit_sub.add_parser(
+        "verify",
+        help="check signatures, hash chains, sequence gaps and epoch closure",
+        description="Verify every record and print a report naming each failing batch. "
+        "Exit status 0 = verified, 1 = problems found, 2 = bad usage or keys.",
+    )
+    tail = audit_sub.add_parser(
+        "tail",
+        help="print verified events as JSON lines (for SIEM shippers)",
+        description="Print the events of verified batches as JSON lines; problems go to "
+        "stderr. Exit status 1 if any were found.",
+    )
+    for parser in (verify, tail):
+        parser.add_argument(
+            "--spool", action="append", default=[], metavar="DIR",
+            help="spool directory: audit.spool_dir, one gateway's or one worker's "
+            "directory (repeatable)",
+        )
+        parser.add_argument(
+            "--kafka", metavar="BOOTSTRAP", help="read the Kafka topic instead (host:port)"
+        )
+        parser.add_argument(
+            "--topic", default="pgwarden.audit", help="Kafka topic (default: pgwarden.audit)"
+        )
+        parser.add_argument(
+            "--keys", nargs="+", required=True, metavar="PATH",
+            help="trusted public keys: *.pub files or directories of them",
+        )
+        parser.add_argument(
+            "--partial-history", action="store_true",
+            help="the input may start mid-epoch (Kafka retention, trimmed spool): warn only",
+        )
+    verify.add_argument(
+        "--allow-open", action="store_true",
+        help="the last epoch of a chain may lack its close batch (a running gateway): warn only",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    tail.add_argument(
+        "--follow", action="store_true", help="keep reading records as they are appended"
+    )
+    tail.add_argument(
+        "--interval", type=float, default=0.5, metavar="SECONDS",
+        help="--follow polling interval (default: 0.5)",
+    )
+    tail.add_argument(
+        "--format", choices=["json", "ecs"], default="json",
+        help="json: {gateway, worker, epoch, seq, event}; ecs: Elastic Common Schema",
+    )
 
 
 def _load(path: str, err: TextIO) -> Config | None:
@@ -97,8 +169,19 @@ def _summary(cfg: Config) -> str:
         f"upstream {u.user}@{u.host}:{u.port}/{database} sslmode={u.sslmode}; "
         f"{len(cfg.clients)} static key(s), {len(cfg.issuers)} issuer(s), "
         f"{len(cfg.roles)} role(s), {len(cfg.bindings)} binding(s); "
-        f"log {cfg.log.level}/{cfg.log.format}"
+        f"log {cfg.log.level}/{cfg.log.format}; {_audit_summary(cfg)}"
     )
+
+
+def _audit_summary(cfg: Config) -> str:
+    a = cfg.audit
+    if a is None or not a.enabled:
+        return "audit off"
+    sink = (
+        f"kafka {','.join(a.kafka.bootstrap_servers)}/{a.kafka.topic}"
+        if a.kafka.bootstrap_servers else "no kafka: the spool is the log"
+    )
+    return f"audit {a.mode} to {a.spool_dir} ({sink})"
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -164,7 +247,23 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return dev_issuer_main(list(args.rest))
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    # Imported here: gateway.audit pulls in asyncio (its writer), which check-config and
+    # hash-secret must not pay for.
+    from gateway.audit.commands import keys_generate
+
+    return keys_generate(args)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from gateway.audit.commands import audit_tail, audit_verify
+
+    return audit_verify(args) if args.tool == "verify" else audit_tail(args)
+
+
 _COMMANDS = {
+    "audit": _cmd_audit,
+    "keys": _cmd_keys,
     "dev": _cmd_dev,
     "policy": _cmd_policy,
     "serve": _cmd_serve,

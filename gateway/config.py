@@ -12,8 +12,9 @@ Secrets never pass through here; the upstream password is read later, at connect
 
 Relative file paths (``tls.cert_file``, ``tls.key_file``, ``tls.client_ca_file``,
 ``upstream.password_file``, ``upstream.sslrootcert``, ``server.run_dir``,
-``roles[].password_file``, ``issuers[].hmac_secret_file``) are resolved against the
-directory holding the configuration file, so a configuration means the same thing whatever
+``roles[].password_file``, ``issuers[].hmac_secret_file``, ``audit.spool_dir``,
+``audit.signing_key_file``, ``audit.kafka.ssl_*``) are resolved against the directory
+holding the configuration file, so a configuration means the same thing whatever
 the working directory of the process that loads it.
 
 Identity has two modes. With no ``[[roles]]`` (*single-role mode*, the behaviour before
@@ -32,6 +33,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
 import typing
 import urllib.parse
 from collections.abc import Iterator
@@ -43,6 +45,8 @@ import msgspec
 from gateway.identity.static_secrets import parse_secret_hash
 
 __all__ = [
+    "AuditConfig",
+    "AuditKafkaConfig",
     "BindingConfig",
     "ClientEntry",
     "Config",
@@ -215,6 +219,37 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     format: Literal["text", "json"] = "text"
 
 
+class AuditKafkaConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Where audit batches are shipped. No ``bootstrap_servers`` = no Kafka: the spool is
+    the audit log and nothing is ever deleted from it."""
+
+    bootstrap_servers: list[str] = []  # "host:port"
+    topic: str = "pgwarden.audit"
+    client_id: str = "pgwarden"
+    request_timeout: float = 30.0
+    security_protocol: Literal["PLAINTEXT", "SSL"] = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+
+class AuditConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The signed audit log (docs/audit-format.md): batching, spool, signing, shipping."""
+
+    enabled: bool = True
+    mode: Literal["async", "strict"] = "async"  # strict: forward only once the event is durable
+    spool_dir: str
+    segment_bytes: int = 16 * MIB
+    spool_max_bytes: int = GIB
+    on_spool_full: Literal["fail_closed", "fail_open"] = "fail_closed"
+    flush_events: int = 512  # a batch is sealed at this many events ...
+    flush_interval: float = 0.05  # ... or this many seconds after its first event
+    signing_key_file: str
+    statement_text: Literal["exact", "normalized"] = "exact"
+    record_parameters: bool = False  # bind parameter values in statement events
+    kafka: AuditKafkaConfig = AuditKafkaConfig()
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """The whole configuration file.
 
@@ -233,6 +268,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     policy: PolicyConfig = PolicyConfig()
     rules: list[RuleConfig] = []
     log: LogConfig = LogConfig()
+    audit: AuditConfig | None = None  # no [audit] section = no audit log
 
     def effective_workers(self) -> int:
         """Number of worker processes to fork: ``server.workers``, or one per CPU if 0."""
@@ -420,6 +456,13 @@ def _shape_issues(value: object, tp: object, path: KeyPath) -> Iterator[tuple[Ke
     msgspec stops at the first error; an operator fixing a file wants all of them at once,
     so after a failed decode this walks the parsed document against the schema.
     """
+    args = typing.get_args(tp)
+    if len(args) == 2 and type(None) in args and typing.get_origin(tp) in (
+        typing.Union, types.UnionType
+    ):
+        # An optional section (``audit: AuditConfig | None``): TOML has no null, so a
+        # present value is checked against the section itself.
+        tp = args[0] if args[1] is type(None) else args[1]
     struct = _struct_type(tp)
     if struct is not None:
         if not isinstance(value, dict):
@@ -895,6 +938,91 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
     yield from _role_issues(cfg)
     yield from _binding_issues(cfg)
     yield from _policy_issues(cfg)
+    yield from _audit_issues(cfg)
+
+
+#: Bounds of audit.segment_bytes: small enough to delete acknowledged data promptly,
+#: large enough that rotation (a file create and a directory fsync) stays rare.
+MIN_SEGMENT_BYTES = 64 * KIB
+MAX_FLUSH_EVENTS = 65536
+MAX_FLUSH_INTERVAL = 10.0
+# Kafka's own rule for topic names (kafka.common.internals.Topic).
+_KAFKA_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def _audit_issues(cfg: Config) -> Iterator[tuple[KeyPath, str]]:
+    a = cfg.audit
+    if a is None or not a.enabled:
+        return
+    if not a.spool_dir:
+        yield ("audit", "spool_dir"), "must not be empty"
+    elif os.path.exists(a.spool_dir) and not os.path.isdir(a.spool_dir):
+        yield ("audit", "spool_dir"), f"{a.spool_dir} exists and is not a directory"
+    if not a.signing_key_file:
+        yield ("audit", "signing_key_file"), "must not be empty"
+    elif problem := _readable_file_issue(a.signing_key_file):
+        yield ("audit", "signing_key_file"), f"{problem} (create one: pgwarden keys generate)"
+    elif (mode := os.stat(a.signing_key_file).st_mode) & 0o077:
+        # Whoever can read the key can forge audit records; the worker refuses it too.
+        yield (
+            ("audit", "signing_key_file"),
+            f"{a.signing_key_file} is accessible by group or others "
+            f"(mode {mode & 0o7777:04o}); run: chmod 600 {a.signing_key_file}",
+        )
+    if not MIN_SEGMENT_BYTES <= a.segment_bytes <= GIB:
+        yield (
+            ("audit", "segment_bytes"),
+            f"must be between {MIN_SEGMENT_BYTES} (64 KiB) and {GIB} (1 GiB), "
+            f"got {a.segment_bytes}",
+        )
+    elif a.spool_max_bytes < 2 * a.segment_bytes:
+        yield (
+            ("audit", "spool_max_bytes"),
+            f"must be at least twice segment_bytes ({2 * a.segment_bytes}), "
+            f"got {a.spool_max_bytes}",
+        )
+    if not 1 <= a.flush_events <= MAX_FLUSH_EVENTS:
+        yield (
+            ("audit", "flush_events"),
+            f"must be between 1 and {MAX_FLUSH_EVENTS}, got {a.flush_events}",
+        )
+    if not 0 < a.flush_interval <= MAX_FLUSH_INTERVAL:
+        yield (
+            ("audit", "flush_interval"),
+            f"must be more than 0 and at most {MAX_FLUSH_INTERVAL:g} seconds, "
+            f"got {a.flush_interval}",
+        )
+
+    k = a.kafka
+    at: KeyPath = ("audit", "kafka")
+    for server in k.bootstrap_servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            yield (*at, "bootstrap_servers"), f"{server!r} is not host:port"
+    if not _KAFKA_TOPIC.fullmatch(k.topic) or k.topic in (".", ".."):
+        yield (
+            (*at, "topic"),
+            f"{k.topic!r} is not a Kafka topic name (1-249 of letters, digits, '.', '_', '-')",
+        )
+    if not k.client_id:
+        yield (*at, "client_id"), "must not be empty"
+    if not k.request_timeout > 0:
+        yield (
+            (*at, "request_timeout"),
+            f"must be a positive number of seconds, got {k.request_timeout}",
+        )
+    ssl_keys = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    if k.security_protocol == "PLAINTEXT":
+        for key in ssl_keys:
+            if getattr(k, key):
+                yield (*at, key), 'only used with security_protocol = "SSL"'
+    else:
+        if bool(k.ssl_certfile) != bool(k.ssl_keyfile):
+            missing = "ssl_keyfile" if k.ssl_certfile else "ssl_certfile"
+            yield (*at, missing), "ssl_certfile and ssl_keyfile must be set together"
+        for key in ssl_keys:
+            if getattr(k, key) and (problem := _readable_file_issue(getattr(k, key))):
+                yield (*at, key), problem
 
 
 # --------------------------------------------------------------------------- loading
@@ -923,6 +1051,17 @@ def _resolve_paths(cfg: Config, base: str) -> Config:
             replace(iss, hmac_secret_file=resolve(iss.hmac_secret_file)) for iss in cfg.issuers
         ],
         roles=[replace(role, password_file=resolve(role.password_file)) for role in cfg.roles],
+        audit=None if cfg.audit is None else replace(
+            cfg.audit,
+            spool_dir=resolve(cfg.audit.spool_dir),
+            signing_key_file=resolve(cfg.audit.signing_key_file),
+            kafka=replace(
+                cfg.audit.kafka,
+                ssl_cafile=resolve(cfg.audit.kafka.ssl_cafile),
+                ssl_certfile=resolve(cfg.audit.kafka.ssl_certfile),
+                ssl_keyfile=resolve(cfg.audit.kafka.ssl_keyfile),
+            ),
+        ),
     )
 
 

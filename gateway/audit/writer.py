@@ -1,0 +1,416 @@
+"""AuditWriter: the per-worker asyncio batcher between ``emit(event)`` and the spool.
+
+This module owns *when* events become records: batching by count and time, sealing
+(:class:`gateway.audit.batch.Chain`), group commit into the spool
+(:class:`gateway.audit.spool.Spool`) off the event loop, durability notifications for
+``strict`` mode, the open and close batches of an epoch, and what happens when the spool
+is full or cannot be written. Shipping to Kafka is not here: a shipper reads the spool and
+is woken by ``on_batch``.
+
+Life of an event: ``emit`` appends it to a list (no encoding on the caller's path). A
+flush is scheduled when ``flush_events`` are pending, ``flush_interval`` seconds after the
+first pending event, or at once when someone awaits :meth:`AuditWriter.durable`. One
+drain task seals what is pending and hands the records to a single-thread executor that
+writes and fsyncs them; events emitted meanwhile wait and go into the next append, so one
+fsync covers everything that arrived during the previous one (group commit), whatever
+the load.
+
+Failures are never silent: a spool write error is logged at ERROR, exposed as ``failed``,
+fails pending ``durable()`` waiters, and the sealed records are kept and retried (the
+spool cuts a failed append back, so a retry neither tears nor duplicates), so no event is
+lost while the process lives. Under ``on_spool_full = "fail_open"`` events emitted while
+the spool is full are discarded, counted, and an ``events_dropped`` event records the
+loss as soon as the spool has room again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import msgspec
+from nacl.signing import SigningKey
+
+from gateway import __version__
+from gateway.audit.batch import Chain, Link, link_to
+from gateway.audit.events import Event, EventsDroppedEvent, WorkerStartEvent, WorkerStopEvent
+from gateway.audit.spool import Spool
+from gateway.config import AuditConfig
+
+__all__ = ["AuditWriteError", "AuditWriter", "WriterStats"]
+
+log = logging.getLogger("pgwarden.audit")
+
+#: After a failed spool write, the next attempt waits this long (seconds).
+RETRY_DELAY = 1.0
+_probe_encoder = msgspec.json.Encoder()
+
+
+class AuditWriteError(Exception):
+    """Events could not (yet) be made durable; they are kept and retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """A snapshot of an AuditWriter's counters, for metrics and tests."""
+
+    emitted: int  # events queued (emitted ones and the writer's own events_dropped)
+    durable: int  # of those, events fsynced in the spool
+    batches: int  # records written, open and close batches included
+    appends: int  # spool appends, i.e. fsyncs: batches / appends is the group-commit size
+    failures: int  # failed spool appends
+    dropped: int  # events discarded under fail_open while the spool was full
+
+
+class AuditWriter:
+    """Batches one worker's events into its signed chain in the spool.
+
+    ``start()`` before use, ``close()`` at the end; ``emit`` and ``durable`` must be called
+    from the event loop's thread.
+    """
+
+    def __init__(
+        self,
+        cfg: AuditConfig,
+        gateway_id: str,
+        worker_id: int,
+        signing_key: SigningKey,
+        *,
+        on_batch: Callable[[], None] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.cfg = cfg
+        self.gateway_id = gateway_id
+        self.worker_id = worker_id
+        self.spool: Spool | None = None
+        self.chain: Chain | None = None
+        self._key = signing_key
+        self._on_batch = on_batch
+        self._clock = clock
+        self._flush_events = cfg.flush_events
+        self._flush_interval = cfg.flush_interval
+        self._fail_open = cfg.on_spool_full == "fail_open"
+        self._pending: list[Event] = []
+        self._emitted = 0  # events ever queued
+        self._durable = 0  # of those, fsynced
+        self._batches = 0
+        self._appends = 0
+        self._failures = 0
+        self._dropped = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._retry: list[bytes] = []  # sealed records a failed append left behind
+        self._retry_events = 0  # events in them
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._dropped_first = 0
+        self._dropped_last = 0
+        self._dropped_pending = 0  # dropped since the last events_dropped event
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"audit-{worker_id}")
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def epoch(self) -> str:
+        """This worker's epoch id (after ``start``)."""
+        if self.chain is None:
+            raise RuntimeError("AuditWriter.start() has not run")
+        return self.chain.epoch
+
+    @property
+    def full(self) -> bool:
+        """The spool has reached ``spool_max_bytes``: under ``fail_closed`` the server
+        refuses new statements."""
+        return self.spool is not None and self.spool.full
+
+    def stats(self) -> WriterStats:
+        """The counters now."""
+        return WriterStats(
+            self._emitted, self._durable, self._batches, self._appends, self._failures,
+            self._dropped,
+        )
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The last spool write error while it persists, ``None`` when writes succeed."""
+        return self._failed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open (and recover) the spool, then write the open batch of a new epoch, linked
+        to the last record the previous epoch of this worker slot left in the spool."""
+        loop = self._loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        self.spool = await loop.run_in_executor(
+            self._executor,
+            lambda: Spool(
+                cfg.spool_dir,
+                self.gateway_id,
+                self.worker_id,
+                segment_bytes=cfg.segment_bytes,
+                max_bytes=cfg.spool_max_bytes,
+                retain_acked=not cfg.kafka.bootstrap_servers,
+                # A predecessor of this slot may still be finishing its close batch.
+                lock_timeout=10.0,
+            ),
+        )
+        if self.spool.recovered_bytes:
+            log.warning(
+                "audit: worker %d recovered its spool after an unclean stop (%d bytes of an "
+                "incomplete write removed)", self.worker_id, self.spool.recovered_bytes,
+            )
+        link: Link | None = None
+        last = self.spool.last_record()
+        if last is not None:
+            try:
+                link = link_to(last)
+            except Exception as exc:  # any decode failure means the same here
+                # The verifier will report the new epoch as unlinked; say why here.
+                log.error("audit: cannot read the last record of %s to link the new epoch "
+                          "to it (%s)", self.spool.directory, exc)
+        self.chain = Chain(self._key, self.gateway_id, self.worker_id, link=link,
+                           clock=self._clock)
+        if link is not None and not link.closed:
+            log.warning(
+                "audit: the previous epoch %s of worker %d was not closed (the process "
+                "stopped without closing it); the new epoch %s records that",
+                link.epoch, self.worker_id, self.chain.epoch,
+            )
+        record = self.chain.seal(
+            [WorkerStartEvent(at=self._clock(), pid=os.getpid(), version=__version__)], "open"
+        )
+        try:
+            await loop.run_in_executor(self._executor, self.spool.append, [record])
+        except Exception as exc:
+            # The chain has advanced past the open batch: keep it, so a later flush or
+            # close writes it first and the chain stays whole.
+            self._retry = [record]
+            self._failed = exc
+            self._timer = loop.call_later(RETRY_DELAY, self._flush_soon)
+            log.error("audit: cannot write the open batch of epoch %s: %s", self.chain.epoch, exc)
+            raise AuditWriteError(f"cannot write the audit spool: {exc}") from exc
+        self._batches += 1
+        self._appends += 1
+        self._notify()
+        if self._pending:
+            self._schedule_now()
+
+    async def close(self, reason: str = "shutdown") -> None:
+        """Write everything pending and the close batch (with ``worker_stop``), fsync,
+        release the spool. Raises AuditWriteError if that last write fails."""
+        if self._closing:
+            return
+        self._closing = True
+        for handle in (self._timer, self._soon):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._soon = None
+        if self._task is not None:
+            await asyncio.shield(self._task)
+        chain, spool, loop = self.chain, self.spool, self._loop
+        try:
+            if chain is None or spool is None or loop is None:
+                return
+            if self._dropped_pending:  # fail_open losses nobody emitted after
+                self._pending.append(self._dropped_event())
+                self._emitted += 1
+            records, events = self._seal_pending(chain)
+            stop = WorkerStopEvent(
+                at=self._clock(), pid=os.getpid(), reason=reason, events=self._emitted
+            )
+            records.append(chain.seal([stop], "close"))
+            try:
+                await loop.run_in_executor(self._executor, spool.append, records)
+            except Exception as exc:
+                log.error(
+                    "audit: LOST %d events and the close batch of epoch %s: %s",
+                    events, chain.epoch, exc,
+                )
+                self._fail_waiters(exc)
+                raise AuditWriteError(str(exc)) from exc
+            self._written(records, events)
+        finally:
+            if spool is not None:
+                spool.close()
+            self._executor.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ hot path
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event`` for the next batch. Cheap and synchronous; never raises."""
+        if self._closing:
+            self._dropped += 1
+            log.error("audit: event emitted after close() is LOST: %r", event)
+            return
+        if self._fail_open and self.spool is not None and self.spool.full:
+            self._drop(event.at)
+            return
+        pending = self._pending
+        if self._dropped_pending:
+            pending.append(self._dropped_event())
+            self._emitted += 1
+        pending.append(event)
+        self._emitted += 1
+        if len(pending) >= self._flush_events:
+            self._schedule_now()
+        elif self._timer is None and self._loop is not None and not self._closing:
+            self._timer = self._loop.call_later(self._flush_interval, self._flush_soon)
+
+    def durable(self) -> asyncio.Future[None]:
+        """A future resolved once every event emitted so far is fsynced in the spool, or
+        failed with AuditWriteError if the spool cannot be written (the events are kept
+        and retried; the future does not wait for that)."""
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._durable >= self._emitted:
+            future.set_result(None)
+        elif self._failed is not None:
+            future.set_exception(AuditWriteError(f"audit spool write failing: {self._failed}"))
+        else:
+            self._waiters.append((self._emitted, future))
+            self._schedule_now()
+        return future
+
+    async def flush(self) -> None:
+        """Write everything emitted so far; returns when it is durable."""
+        await self.durable()
+
+    # ------------------------------------------------------------------ flushing
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        self._start_drain()
+
+    def _schedule_now(self) -> None:
+        # call_soon, not a direct drain: every emit of the current loop iteration (say, a
+        # pipeline's statements) joins the same batch.
+        if self._soon is None and self._loop is not None and not self._closing:
+            self._soon = self._loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._soon = None
+        if self._failed is None:  # while failing, only the retry timer tries again
+            self._start_drain()
+
+    def _start_drain(self) -> None:
+        if self.chain is None or self._closing:
+            return
+        if self._task is None or self._task.done():
+            assert self._loop is not None
+            self._task = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        assert self._loop is not None and self.chain is not None and self.spool is not None
+        while self._pending or self._retry:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            records, events = self._seal_pending(self.chain)
+            try:
+                await self._loop.run_in_executor(self._executor, self.spool.append, records)
+            except Exception as exc:  # SpoolError, or anything else: hold and retry
+                self._retry, self._retry_events = records, events
+                self._failures += 1
+                if self._failed is None:
+                    log.error(
+                        "audit: cannot write the spool; %d events are held in memory and "
+                        "retried every %gs: %s", events, RETRY_DELAY, exc,
+                    )
+                self._failed = exc
+                self._fail_waiters(exc)
+                if not self._closing:
+                    self._timer = self._loop.call_later(RETRY_DELAY, self._flush_soon)
+                return
+            if self._failed is not None:
+                log.warning("audit: spool writes work again; %d held events written", events)
+                self._failed = None
+            self._written(records, events)
+
+    def _seal_pending(self, chain: Chain) -> tuple[list[bytes], int]:
+        """Seal what is pending (after any records a failed append left) into batches of
+        at most ``flush_events``; returns the records and how many emitted events they
+        hold."""
+        records, events = self._retry, self._retry_events
+        self._retry, self._retry_events = [], 0
+        pending, self._pending = self._pending, []
+        size = self._flush_events
+        for i in range(0, len(pending), size):
+            chunk = pending[i : i + size]
+            try:
+                records.append(chain.seal(chunk))
+            except (TypeError, ValueError):
+                # A caller put something unencodable into an event (a bug): keep every
+                # event that can be written, and say loudly which one cannot.
+                good = [e for e in chunk if self._encodable(e)]
+                if good:
+                    records.append(chain.seal(good))
+        return records, events + len(pending)
+
+    def _encodable(self, event: Event) -> bool:
+        try:
+            _probe_encoder.encode(event)
+        except (TypeError, ValueError):
+            self._dropped += 1
+            log.exception("audit: event cannot be encoded and is LOST: %r", event)
+            return False
+        return True
+
+    def _written(self, records: list[bytes], events: int) -> None:
+        self._batches += len(records)
+        self._appends += 1
+        self._durable += events
+        durable = self._durable
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= durable:
+            _, future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._on_batch is not None:
+            try:
+                self._on_batch()
+            except Exception:
+                log.exception("audit: on_batch callback failed")
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        waiters, self._waiters = self._waiters, collections.deque()
+        for _, future in waiters:
+            if not future.done():
+                future.set_exception(AuditWriteError(f"audit spool write failed: {exc}"))
+
+    # ------------------------------------------------------------------ fail_open
+
+    def _drop(self, at: int) -> None:
+        if not self._dropped_pending:
+            self._dropped_first = at
+            log.error(
+                "audit: spool %s is full (%d bytes); on_spool_full = fail_open: DISCARDING "
+                "audit events until it has room", self.spool and self.spool.directory,
+                self.cfg.spool_max_bytes,
+            )
+        self._dropped_last = at
+        self._dropped_pending += 1
+        self._dropped += 1
+
+    def _dropped_event(self) -> EventsDroppedEvent:
+        event = EventsDroppedEvent(
+            at=self._clock(), count=self._dropped_pending,
+            first_at=self._dropped_first, last_at=self._dropped_last,
+        )
+        log.error("audit: spool has room again; %d events were discarded", self._dropped_pending)
+        self._dropped_pending = 0
+        return event
