@@ -135,6 +135,7 @@ def write_config(
     tls_extra: str = "allow_plaintext_loopback = true",
     upstream_extra: str = 'sslmode = "prefer"',
     policy: str | None = None,
+    audit: str = "",
 ) -> None:
     """A gateway config for the test cluster; ``policy`` replaces READ_WRITE_POLICY."""
     path.write_text(
@@ -169,6 +170,8 @@ user = "{CLIENT_USER}"
 secret_hash = "{hash_secret(CLIENT_SECRET)}"
 
 {READ_WRITE_POLICY if policy is None else policy}
+
+{audit}
 """
     )
 

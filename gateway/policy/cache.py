@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EXACT_KEY_CHARS", "LITERAL_SENSITIVE_FUNCTIONS", "CacheStats", "DecisionCache"]
 
+#: A cached decision and the statement's pglast fingerprint ("" if it does not parse).
+Entry = tuple[Decision, str]
 #: Texts up to this many characters are exact-cached under their own text.
 EXACT_KEY_CHARS = 2048
 #: Functions whose classification depends on a literal argument (see module docstring).
@@ -107,8 +109,8 @@ class DecisionCache:
         self.version = 1
         self._lru_size = size
         self._exact_size = exact_size
-        self._exact: dict[Hashable, Decision] = {}
-        self._lru: OrderedDict[Hashable, Decision] = OrderedDict()
+        self._exact: dict[Hashable, Entry] = {}
+        self._lru: OrderedDict[Hashable, Entry] = OrderedDict()
         self.exact_hits = 0
         self.normalized_hits = 0
         self.misses = 0
@@ -121,41 +123,47 @@ class DecisionCache:
 
     def decide(self, ctx: DecisionContext, sql: str) -> Decision:
         """The decision for ``sql`` in this context, from the cache or freshly made."""
+        return self.decide_with_fingerprint(ctx, sql)[0]
+
+    def decide_with_fingerprint(self, ctx: DecisionContext, sql: str) -> Entry:
+        """``(decision, pglast fingerprint)`` — the fingerprint for the audit record, ""
+        for SQL that does not parse. It is computed once per statement shape (on a miss):
+        texts with the same normalized form have the same fingerprint."""
         policy = self.policy
         scope = (self.version, *policy.scope_key(ctx))
         text_key = (scope, sql if len(sql) <= EXACT_KEY_CHARS else _text_digest(sql))
-        decision = self._exact.get(text_key)
-        if decision is not None:
+        entry = self._exact.get(text_key)
+        if entry is not None:
             self.exact_hits += 1
-            return decision
+            return entry
 
         try:
             norm_key: Hashable | None = (scope, normalized_digest(sql))
         except SqlSyntaxError:
             norm_key = None  # analyze() reports it, with the same message
-        if norm_key is not None and (decision := self._lru.get(norm_key)) is not None:
+        if norm_key is not None and (entry := self._lru.get(norm_key)) is not None:
             self._lru.move_to_end(norm_key)
             self.normalized_hits += 1
-            self._remember_text(text_key, decision)
-            return decision
+            self._remember_text(text_key, entry)
+            return entry
 
         self.misses += 1
         analysis = analyze_or_decision(sql)
         if isinstance(analysis, Decision):
-            decision = analysis
+            entry = (analysis, "")
         else:
-            decision = decide(ctx, analysis, policy)
+            entry = (decide(ctx, analysis, policy), analysis.fingerprint)
             if norm_key is not None:
                 if literal_sensitive(analysis):
                     self.uncacheable += 1
                 elif self._lru_size > 0:
-                    self._lru[norm_key] = decision
+                    self._lru[norm_key] = entry
                     if len(self._lru) > self._lru_size:
                         self._lru.popitem(last=False)
-        self._remember_text(text_key, decision)
-        return decision
+        self._remember_text(text_key, entry)
+        return entry
 
-    def _remember_text(self, key: Hashable, decision: Decision) -> None:
+    def _remember_text(self, key: Hashable, entry: Entry) -> None:
         if self._exact_size <= 0:
             return
         exact = self._exact
@@ -166,7 +174,7 @@ class DecisionCache:
             # simple-protocol queries). Texts that recur are back after one normalized
             # lookup.
             exact.clear()
-        exact[key] = decision
+        exact[key] = entry
 
     def resize(self, size: int, exact_size: int) -> None:
         """New bounds for the two tiers (applied as entries are next added)."""

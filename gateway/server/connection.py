@@ -18,19 +18,29 @@ import contextlib
 import enum
 import ipaddress
 import logging
+import secrets
 import socket
 import ssl
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from gateway.audit.events import (
+    AuthFailureEvent,
+    AuthSuccessEvent,
+    SessionEndEvent,
+    SessionStartEvent,
+)
 from gateway.identity.authenticate import AuthenticationFailed
 from gateway.identity.bindings import DatabaseNotAllowed, NoRoleBound
 from gateway.identity.principal import Principal
 from gateway.server.pool import PoolKey, pool_key
 from gateway.server.startup_params import StartupParamError, upstream_params
 from gateway.server.upstream import UpstreamError, UpstreamSession, open_upstream
-from gateway.session.relay import Relay
+from gateway.session.audit import AuditedHooks, SessionInfo
+from gateway.session.hooks import SessionHooks
+from gateway.session.relay import Relay, Writer
 from gateway.wire import backend
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.frontend import decode_password
@@ -44,6 +54,7 @@ from gateway.wire.startup import (
 )
 
 if TYPE_CHECKING:
+    from gateway.server.auditing import AuditRuntime
     from gateway.server.context import WorkerContext
 
 log = logging.getLogger("pgwarden.connection")
@@ -87,7 +98,12 @@ class ClientConnection(asyncio.Protocol):
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.client_application = ""
         self.role_name = ""
+        self.upstream_user = ""
         self.database = ""
+        #: Names this session in the audit log (and in logs).
+        self.session_id = secrets.token_hex(8)
+        self.started = time.monotonic()
+        self.hooks: SessionHooks | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -142,7 +158,19 @@ class ClientConnection(asyncio.Protocol):
             self._task.cancel()
         self.ctx.release(self)
         if self.relay is not None:
-            self.relay.close("client disconnected" if exc is None else f"client error: {exc}")
+            reason = (
+                "terminate" if self.relay.client_terminated
+                else "client disconnected" if exc is None else f"client error: {exc}"
+            )
+            self.relay.close(reason)
+            if self.ctx.audit is not None:
+                hooks = self.hooks
+                self.ctx.audit.emit(SessionEndEvent(
+                    at=time.time_ns(), session_id=self.session_id, reason=reason,
+                    statements=getattr(hooks, "statements", 0),
+                    bytes_in=self.relay.bytes_in, bytes_out=self.relay.bytes_out,
+                    duration=time.monotonic() - self.started,
+                ))
             self.__dict__.pop("data_received", None)
         if self.upstream is not None:
             session = self.upstream
@@ -335,7 +363,14 @@ class ClientConnection(asyncio.Protocol):
             return
         role = binding.role
         self.role_name = role.name
+        self.upstream_user = role.upstream_user
         self.database = database
+        if ctx.audit is not None:
+            ctx.audit.emit(AuthSuccessEvent(
+                at=time.time_ns(), session_id=self.session_id, client_addr=self.peer,
+                user=self.client_user, method=principal.method, issuer=principal.issuer,
+                subject=principal.subject, client_id=principal.client_id, role=role.name,
+            ))
         upstream_cfg = ctx.config.upstream
         params = dict(self.params)
         params["user"] = role.upstream_user
@@ -392,6 +427,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _auth_failed(self, sqlstate: str, message: str) -> None:
         self.ctx.auth_failed(self.peer_ip)
+        if self.ctx.audit is not None:
+            self.ctx.audit.emit(AuthFailureEvent(
+                at=time.time_ns(), reason=message, user=self.client_user,
+                method=self.principal.method if self.principal is not None else "",
+                client_addr=self.peer, session_id=self.session_id,
+            ))
         log.info("authentication refused for %s from %s: %s", self.client_user or "?",
                  self.peer, message)
         self._fatal(sqlstate, message)
@@ -421,11 +462,35 @@ class ClientConnection(asyncio.Protocol):
         self.key = self.ctx.register_session(self, session)
         proto = session.protocol
         client = self.transport
-        principal = self.principal.describe() if self.principal is not None else ""
-        hooks = self.ctx.hooks_for(self.role_name, principal, self.database, session.parameters)
+        principal = self.principal
+        info = SessionInfo(
+            session_id=self.session_id,
+            issuer=principal.issuer if principal is not None else "",
+            subject=principal.subject if principal is not None else "",
+            client_id=principal.client_id if principal is not None else "",
+            role=self.role_name,
+            upstream_user=self.upstream_user,
+            database=self.database,
+            client_addr=self.peer,
+            application_name=self.client_application,
+        )
+        hooks = self.ctx.hooks_for(info, session.parameters)
+        self.hooks = hooks
+        upstream_writer: Writer = session.transport
+        if isinstance(hooks, AuditedHooks) and hooks.strict and self.ctx.audit is not None:
+            upstream_writer = StrictGate(session.transport, client, hooks, self.ctx.audit,
+                                         self._audit_failed)
+        if self.ctx.audit is not None:
+            self.ctx.audit.emit(SessionStartEvent(
+                at=time.time_ns(), session_id=self.session_id, client_addr=self.peer,
+                application_name=self.client_application, database=self.database,
+                user=self.client_user, issuer=info.issuer, subject=info.subject,
+                client_id=info.client_id, role=self.role_name,
+                upstream_user=self.upstream_user, tls=self.tls,
+            ))
         relay = Relay(
             client,
-            session.transport,
+            upstream_writer,
             hooks,
             max_message_size=self.ctx.config.server.max_message_size,
             tx_status=session.tx_status,
@@ -462,6 +527,12 @@ class ClientConnection(asyncio.Protocol):
             early = bytes(self._buf)
             self._buf.clear()
             self.data_received(early)
+
+    def _audit_failed(self) -> None:
+        log.error("audit spool cannot be written in strict mode: closing session %s",
+                  self.session_id)
+        self.shutdown("58030", "pgwarden: the audit log cannot be written (strict mode); "
+                      "the statement was not executed")
 
     def _client_terminated(self) -> None:
         # Terminate is not forwarded: connection_lost decides whether the upstream
@@ -540,6 +611,71 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+
+
+class StrictGate:
+    """What the relay writes upstream in ``strict`` audit mode.
+
+    Bytes carrying a statement whose ``statement_start`` record was just emitted are held
+    (and the client is not read meanwhile) until the audit writer reports every record
+    emitted so far durable in the spool; then they go upstream in order. The group commit
+    of the writer lets many sessions share one fsync.
+    """
+
+    def __init__(
+        self,
+        upstream: asyncio.Transport,
+        client: asyncio.Transport,
+        hooks: AuditedHooks,
+        audit: AuditRuntime,
+        on_failure: Callable[[], None],
+    ) -> None:
+        self.upstream = upstream
+        self.client = client
+        self.hooks = hooks
+        self.audit = audit
+        self.on_failure = on_failure
+        self.held: list[bytes | memoryview] = []
+        self.waiting = False
+
+    def write(self, data: bytes | memoryview, /) -> None:
+        if self.waiting or self.hooks.hold:
+            self.held.append(data)
+            self._wait()
+            return
+        self.upstream.write(data)
+
+    def writelines(self, data: list[bytes | memoryview], /) -> None:
+        if self.waiting or self.hooks.hold:
+            self.held.extend(data)
+            self._wait()
+            return
+        self.upstream.writelines(data)
+
+    def _wait(self) -> None:
+        if self.waiting:
+            return
+        self.waiting = True
+        self.hooks.hold = False
+        self.client.pause_reading()
+        self.audit.durable().add_done_callback(self._released)
+
+    def _released(self, future: asyncio.Future[None]) -> None:
+        self.waiting = False
+        if future.cancelled() or future.exception() is not None:
+            self.held.clear()
+            self.on_failure()
+            return
+        if self.hooks.hold:
+            # More statements arrived while waiting (flow control resumed reading):
+            # their records are not covered by this fsync yet.
+            self._wait()
+            return
+        held, self.held = self.held, []
+        if not self.upstream.is_closing():
+            self.upstream.writelines(held)
+        if not self.client.is_closing():
+            self.client.resume_reading()
 
 
 def _application_name(principal: Principal, client_application: str) -> str:

@@ -23,10 +23,13 @@ from gateway.identity.ratelimit import FailureLimiter
 from gateway.identity.secrets import read_role_password, read_upstream_password
 from gateway.policy.cache import DecisionCache
 from gateway.policy.engine import Policy
+from gateway.server.auditing import SQLSTATE_AUDIT_FULL, AuditRuntime
+from gateway.server.auditing import build as build_audit
 from gateway.server.cancel import CancelRouter, secret_matches
 from gateway.server.pool import PoolKey, UpstreamPool, close_session
 from gateway.server.upstream import UpstreamSession, send_cancel
-from gateway.session.hooks import SessionHooks
+from gateway.session.audit import AuditedHooks, SessionInfo
+from gateway.session.hooks import Refusal, SessionHooks
 from gateway.session.policy import PolicyHooks
 
 if TYPE_CHECKING:
@@ -97,6 +100,9 @@ class WorkerContext:
         self.limiter = FailureLimiter(
             config.server.auth_failure_limit, config.server.auth_failure_window
         )
+        #: This worker's audit chain (None: no [audit] section). Built from the boot
+        #: configuration only; see gateway.server.auditing.
+        self.audit: AuditRuntime | None = build_audit(config, index)
         self.apply(config)
 
     def apply(self, config: Config) -> None:
@@ -125,6 +131,7 @@ class WorkerContext:
             # Kept across reloads otherwise: a SIGHUP must not forgive an attacker.
             self.limiter = FailureLimiter(*limits)
         self._default_role = implicit_role(config)
+        self.config_audit = getattr(self, "config_audit", config.audit)
         decisions: DecisionCache | None = getattr(self, "decisions", None)
         if decisions is None:
             self.decisions = DecisionCache(
@@ -136,6 +143,10 @@ class WorkerContext:
             decisions.resize(config.policy.cache_size, config.policy.exact_cache_size)
             version = decisions.invalidate(policy)
             log.info("policy reloaded: version %d, %d rules", version, len(policy.rules))
+            if self.audit is not None:
+                self.audit.policy_reloaded(version, True)
+                if config.audit != self.config_audit:
+                    log.warning("[audit] changed: it takes effect when the workers restart")
         up = config.upstream
         old_pool = getattr(self, "pool", None)
         self.pool = UpstreamPool(up.pool_size, up.pool_idle_timeout)
@@ -151,9 +162,17 @@ class WorkerContext:
                 self._spawn(old_oidc.close())
 
     async def start(self) -> None:
-        """Work that needs the event loop: first discovery of the OIDC issuers."""
+        """Work that needs the event loop: the audit chain's new epoch, first discovery of
+        the OIDC issuers."""
+        if self.audit is not None:
+            await self.audit.start()
         if self.oidc is not None:
             await self.oidc.start()
+
+    def reload_failed(self, error: str) -> None:
+        """A reload was rejected: the previous configuration stays (and that is audited)."""
+        if self.audit is not None:
+            self.audit.policy_reloaded(self.decisions.version, False, error)
 
     def release_upstream(self, key: PoolKey, session: UpstreamSession) -> None:
         """Reset and pool the upstream session of a client that left cleanly."""
@@ -166,6 +185,8 @@ class WorkerContext:
         self.pool.close_all()
         if self.oidc is not None:
             await self.oidc.close()
+        if self.audit is not None:
+            await self.audit.close()
 
     def bind(self, principal: Principal, database: str) -> RoleBinding:
         """The principal's role, checked against the database it asks for.
@@ -201,11 +222,33 @@ class WorkerContext:
         self.sessions[key[0]] = conn
         return key
 
-    def hooks_for(
-        self, role: str, principal: str, database: str, parameters: dict[str, str]
-    ) -> SessionHooks:
-        """The hooks of a session that starts now: its statements decided by policy."""
-        return PolicyHooks(self.decisions, role, principal, database, parameters)
+    def hooks_for(self, info: SessionInfo, parameters: dict[str, str]) -> SessionHooks:
+        """The hooks of a session that starts now: its statements decided by policy, and
+        recorded when the audit log is on."""
+        audit = self.audit
+        if audit is None:
+            return PolicyHooks(
+                self.decisions, info.role, f"{info.issuer}:{info.subject}", info.database,
+                parameters,
+            )
+        cfg = audit.cfg
+        return AuditedHooks(
+            self.decisions, info, parameters, audit.emit,
+            normalized_text=cfg.statement_text == "normalized",
+            record_parameters=cfg.record_parameters,
+            admit=self._audit_admit if audit.fail_closed else None,
+            strict=audit.strict,
+        )
+
+    def _audit_admit(self) -> Refusal | None:
+        audit = self.audit
+        if audit is not None and audit.full:
+            return Refusal(
+                SQLSTATE_AUDIT_FULL,
+                "pgwarden: the audit spool is full; statements are refused until it drains "
+                "(audit.on_spool_full = fail_closed)",
+            )
+        return None
 
     # -- failed authentication ----------------------------------------------------------
 

@@ -151,6 +151,7 @@ class Worker:
         except (ConfigError, SecretSourceError, OSError, ValueError) as exc:
             log.error("worker %d: reload failed, keeping the previous configuration: %s",
                       self.index, exc)
+            self.ctx.reload_failed(str(exc))
             return
         self.config = config
         log.info("worker %d reloaded configuration", self.index)

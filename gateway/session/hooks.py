@@ -14,6 +14,23 @@ client sees in exactly the place PostgreSQL would have put it (see
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class RelayState(Protocol):
+    """What hooks may read of their relay."""
+
+    @property
+    def next_request(self) -> int: ...
+
+    @property
+    def current_batch(self) -> int: ...
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def bytes_out(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +49,13 @@ class SessionHooks:
 
     #: When false the relay does not call the statement hooks (pure pass-through).
     active: bool = False
+    #: When true the relay also reports Bind, Execute and how the server answered
+    #: (CommandComplete, EmptyQueryResponse, PortalSuspended, ErrorResponse,
+    #: ReadyForQuery): what the audit trail needs to record each statement's outcome.
+    tracks_results: bool = False
+
+    def attach(self, relay: RelayState) -> None:
+        """Called once by the relay that will consult these hooks."""
 
     def on_query(self, sql: bytes) -> Refusal | None:
         """A simple-protocol Query; ``sql`` is its text (bytes before the terminator)."""
@@ -49,6 +73,20 @@ class SessionHooks:
         """ParameterStatus from the server. Return a message to end the session with it
         (the session can no longer be inspected faithfully), ``None`` to carry on."""
         return None
+
+    def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> None:
+        """A Bind that is forwarded (``tracks_results``)."""
+
+    def on_execute(self, portal: bytes) -> None:
+        """An Execute (``tracks_results``)."""
+
+    def on_complete(self, tag: bytes) -> None:
+        """CommandComplete (its tag), EmptyQueryResponse (``b""``) or PortalSuspended
+        (``b"SUSPENDED"``) from the server (``tracks_results``)."""
+
+    def on_error(self, sqlstate: str, message: str, refusal: bool) -> None:
+        """An ErrorResponse from the server (``tracks_results``); ``refusal`` when it is
+        the answer to a refused message, rewritten."""
 
     def on_ready(self, status: int) -> None:
         """ReadyForQuery from the server with its transaction status byte."""

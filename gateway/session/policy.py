@@ -23,12 +23,14 @@ from __future__ import annotations
 import logging
 
 from gateway.policy.cache import DecisionCache
-from gateway.policy.engine import function_call_decision
-from gateway.policy.model import Decision, DecisionContext
+from gateway.policy.engine import DEFAULT_RULE_ID, function_call_decision
+from gateway.policy.model import Action, Decision, DecisionContext
 from gateway.session.hooks import Refusal, SessionHooks
 from gateway.sql import parser_setting_safe
 
 log = logging.getLogger("pgwarden.policy")
+
+_NOTHING_YET = Decision(Action.ALLOW, DEFAULT_RULE_ID)
 
 # Per session: how many allowed texts are remembered, and up to what length.
 _ALLOWED_MEMO = 64
@@ -55,7 +57,8 @@ class PolicyHooks(SessionHooks):
     active = True
 
     __slots__ = (
-        "_allowed", "_cache", "_ctx", "_unsafe", "_version", "database", "principal", "role",
+        "_allowed", "_cache", "_ctx", "_unsafe", "_version", "database", "fingerprint",
+        "outcome", "principal", "role",
     )
 
     def __init__(
@@ -76,7 +79,11 @@ class PolicyHooks(SessionHooks):
         # Statement texts this session sent that were allowed (without observe rules)
         # under policy version _version: a session repeats its statements, and this
         # serves them with one lookup of the bytes as received. Cleared on reload.
-        self._allowed: set[bytes] = set()
+        self._allowed: dict[bytes, tuple[Decision, str]] = {}
+        #: What the last statement hook decided and the statement's fingerprint (read by
+        #: the audit trail right after the hook returns).
+        self.outcome: Decision | Refusal = _NOTHING_YET
+        self.fingerprint = ""
         for name, value in parameters.items():
             self._unsafe = self._unsafe or unsafe_setting(name, value)
 
@@ -91,10 +98,11 @@ class PolicyHooks(SessionHooks):
             self._allowed.clear()
         return self._ctx
 
-    def decide(self, sql: bytes) -> Decision | Refusal:
-        """The decision for SQL text as it came off the wire, or why it cannot be made."""
+    def decide(self, sql: bytes) -> tuple[Decision | Refusal, str]:
+        """The decision for SQL text as it came off the wire (or why it cannot be made),
+        and the statement's fingerprint."""
         if self._unsafe is not None:
-            return Refusal(SQLSTATE_NOT_SUPPORTED, self._unsafe)
+            return Refusal(SQLSTATE_NOT_SUPPORTED, self._unsafe), ""
         try:
             text = sql.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -102,8 +110,8 @@ class PolicyHooks(SessionHooks):
                 SQLSTATE_BAD_ENCODING,
                 f"invalid byte sequence for encoding UTF8 at byte {exc.start}: "
                 "pgwarden inspects statements as UTF-8",
-            )
-        return self._cache.decide(self.context(), text)
+            ), ""
+        return self._cache.decide_with_fingerprint(self.context(), text)
 
     def _verdict(self, outcome: Decision | Refusal, what: str) -> Refusal | None:
         if isinstance(outcome, Refusal):
@@ -124,14 +132,17 @@ class PolicyHooks(SessionHooks):
         return Refusal(outcome.sqlstate, outcome.message, position=outcome.position)
 
     def _statement(self, sql: bytes, what: str) -> Refusal | None:
-        if sql in self._allowed and self._version == self._cache.version:
+        memo = self._allowed.get(sql)
+        if memo is not None and self._version == self._cache.version:
+            self.outcome, self.fingerprint = memo
             return None
-        outcome = self.decide(sql)
+        outcome, self.fingerprint = self.decide(sql)
+        self.outcome = outcome
         if isinstance(outcome, Decision) and outcome.allowed and not outcome.observed:
-            if len(self._allowed) >= _ALLOWED_MEMO and self._allowed:
+            if len(self._allowed) >= _ALLOWED_MEMO:
                 self._allowed.clear()
             if len(sql) <= _ALLOWED_MEMO_TEXT:
-                self._allowed.add(sql)
+                self._allowed[sql] = (outcome, self.fingerprint)
             return None
         return self._verdict(outcome, what)
 
@@ -143,11 +154,12 @@ class PolicyHooks(SessionHooks):
 
     def on_function_call(self, body: memoryview) -> Refusal | None:
         if self._unsafe is not None:
-            return self._verdict(Refusal(SQLSTATE_NOT_SUPPORTED, self._unsafe), "function call")
+            self.outcome = Refusal(SQLSTATE_NOT_SUPPORTED, self._unsafe)
+            return self._verdict(self.outcome, "function call")
         oid = int.from_bytes(body[:4], "big") if len(body) >= 4 else None
-        return self._verdict(
-            function_call_decision(self.context(), self._cache.policy, oid), "function call"
-        )
+        outcome = function_call_decision(self.context(), self._cache.policy, oid)
+        self.outcome, self.fingerprint = outcome, ""
+        return self._verdict(outcome, "function call")
 
     def on_parameter(self, name: str, value: str) -> str | None:
         reason = unsafe_setting(name, value)

@@ -52,8 +52,9 @@ from gateway.wire.states import (
     next_phase,
 )
 
-_Q, _P, _F, _X, _B = (ord(c) for c in "QPFXB")
+_Q, _P, _F, _X, _B, _EXECUTE = (ord(c) for c in "QPFXBE")
 _Z, _PARAM_STATUS, _ERROR = ord("Z"), ord("S"), ord("E")
+_COMPLETE, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
 _REFUSED_PREFIX = "pgwarden_refused_"
 # The error PostgreSQL raises for our replacement: the prepared statement does not exist.
 _UNDEFINED_PSTATEMENT = b"C26000\x00"
@@ -74,6 +75,11 @@ _FRONTEND_ACTIVE = action_table(watch=b"QPFX" + _invalid_types(FRONTEND_TYPES), 
 # and invalid types watched (and ErrorResponse while refusals are outstanding).
 _BACKEND_PASSIVE = action_table(watch=b"GHWcS" + _invalid_types(BACKEND_TYPES), ready=b"Z")
 _BACKEND_READY = action_table(watch=b"ZGHWcS" + _invalid_types(BACKEND_TYPES))
+# Results tracked (audit): Bind and Execute, and every way the server ends a statement.
+_FRONTEND_TRACK = action_table(
+    watch=b"QPFXBE" + _invalid_types(FRONTEND_TYPES), request=b"S"
+)
+_BACKEND_TRACK = action_table(watch=b"ZGHWcSCEIs" + _invalid_types(BACKEND_TYPES))
 
 
 class Writer(Protocol):
@@ -93,6 +99,9 @@ class Relay:
         "_phase_readies",
         "_refusals",
         "_refused_names",
+        "_track",
+        "bytes_in",
+        "bytes_out",
         "client",
         "client_terminated",
         "on_client_violation",
@@ -126,7 +135,11 @@ class Relay:
         self.on_session_fatal: Callable[[str, str], None] | None = None
         self._hooks = hooks if hooks is not None else SessionHooks()
         active = self._hooks.active
+        self._track = track = active and self._hooks.tracks_results
         watch_ready = type(self._hooks).on_ready is not SessionHooks.on_ready
+        #: Bytes received from the client and from the server (whole reads).
+        self.bytes_in = 0
+        self.bytes_out = 0
         # Outstanding refusals: the replacement statement's name -> (the ReadyForQuery
         # ordinal that ends its batch, the refusal).
         self._refusals: dict[bytes, tuple[int, Refusal]] = {}
@@ -135,13 +148,17 @@ class Relay:
         # Copies of the shared tables, so that later work (policy) can change what one
         # session watches without touching the others.
         self._frontend = Framer(
-            bytearray(_FRONTEND_ACTIVE if active else _FRONTEND_PASSIVE),
+            bytearray(
+                _FRONTEND_TRACK if track else _FRONTEND_ACTIVE if active else _FRONTEND_PASSIVE
+            ),
             self._on_frontend,
             max_message_size,
         )
         # The server is trusted to respect its own limit, not ours.
         self._backend = Framer(
-            bytearray(_BACKEND_READY if watch_ready else _BACKEND_PASSIVE),
+            bytearray(
+                _BACKEND_TRACK if track else _BACKEND_READY if watch_ready else _BACKEND_PASSIVE
+            ),
             self._on_backend,
             DEFAULT_MAX_MESSAGE_SIZE,
         )
@@ -153,6 +170,17 @@ class Relay:
         self.client_terminated = False
         #: ParameterStatus values as last reported by the server.
         self.parameters: dict[str, str] = {}
+        self._hooks.attach(self)
+
+    @property
+    def current_batch(self) -> int:
+        """The ordinal of the ReadyForQuery the server's next messages lead up to."""
+        return self._backend.readies + 1
+
+    @property
+    def next_request(self) -> int:
+        """The ordinal of the ReadyForQuery that will answer the next Sync / Query."""
+        return self._frontend.requests + 1
 
     @property
     def pending(self) -> int:
@@ -196,6 +224,7 @@ class Relay:
         A protocol violation is passed to ``on_client_violation`` when set (the caller
         then closes the session), and raised otherwise.
         """
+        self.bytes_in += len(data)
         try:
             out = self._frontend.feed(data)
         except ProtocolViolation as exc:
@@ -230,11 +259,16 @@ class Relay:
             self._frontend.actions[_B] = ACT_WATCH
             return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
         if msg_type == _B:
-            statement = _bind_statement(body)
+            portal, statement = _bind_names(body)
             refusal = self._refused_names.get(statement)
             if refusal is None:
+                if self._track:
+                    hooks.on_bind(portal, statement, body)
                 return None
             return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
+        if msg_type == _EXECUTE:  # only watched when results are tracked
+            hooks.on_execute(_execute_portal(body))
+            return None
         if msg_type == _F:
             refusal = hooks.on_function_call(body)
             self._frontend.requests += 1
@@ -275,6 +309,7 @@ class Relay:
 
     def server_data(self, data: bytes) -> None:
         """Bytes from the server; the counterpart of :meth:`client_data`."""
+        self.bytes_out += len(data)
         try:
             out = self._backend.feed(data)
         except ProtocolViolation as exc:
@@ -288,6 +323,15 @@ class Relay:
             self.client.writelines(out)
 
     def _on_backend(self, msg_type: int, body: memoryview) -> bytes | None:
+        if msg_type == _COMPLETE:  # these three only watched when results are tracked
+            self._hooks.on_complete(bytes(body[:-1]))
+            return None
+        if msg_type == _EMPTY:
+            self._hooks.on_complete(b"")
+            return None
+        if msg_type == _SUSPENDED:
+            self._hooks.on_complete(b"SUSPENDED")
+            return None
         if msg_type == _ERROR:
             return self._on_error(body)
         if msg_type == _PARAM_STATUS:
@@ -309,6 +353,10 @@ class Relay:
     def _on_error(self, body: memoryview) -> bytes | None:
         """An ErrorResponse while refusals are outstanding: ours is rewritten."""
         refusals = self._refusals
+        if not refusals:  # watched for the results only
+            if self._track:
+                self._report_error(bytes(body), refusal=False)
+            return None
         # Refusals of batches that already ended were skipped by an earlier error in
         # their batch (or their transaction had failed): their error will never come.
         current = self._backend.readies + 1
@@ -325,9 +373,20 @@ class Relay:
                         detail=refusal.detail, hint=refusal.hint, position=refusal.position,
                     )
                     break
-        if not refusals:
+        if not refusals and not self._track:
             self._backend.actions[_ERROR] = ACT_PASS
+        if self._track:
+            self._report_error(raw, refusal=replacement is not None)
         return replacement
+
+    def _report_error(self, raw: bytes, *, refusal: bool) -> None:
+        sqlstate = message = ""
+        for part in raw.split(b"\x00"):
+            if part[:1] == b"C":
+                sqlstate = part[1:].decode("ascii", "replace")
+            elif part[:1] == b"M":
+                message = part[1:].decode("utf-8", "replace")
+        self._hooks.on_error(sqlstate, message, refusal)
 
     def _record_parameter(self, body: memoryview) -> None:
         raw = bytes(body)
@@ -377,11 +436,24 @@ def _parse_fields(body: memoryview) -> tuple[bytes, bytes]:
     return raw[:name_end], raw[name_end + 1 : sql_end]
 
 
-def _bind_statement(body: memoryview) -> bytes:
-    """The statement name of a Bind body (after the portal name)."""
-    raw = bytes(body)
-    portal_end = raw.find(b"\x00")
-    end = raw.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
+def _bind_names(body: memoryview) -> tuple[bytes, bytes]:
+    """(portal name, statement name) of a Bind body."""
+    # Names come first and are short; the parameters after them may be large.
+    head = bytes(body[:256])
+    portal_end = head.find(b"\x00")
+    end = head.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
     if end < 0:
-        raise ProtocolViolation("invalid Bind message")
-    return raw[portal_end + 1 : end]
+        head = bytes(body)
+        portal_end = head.find(b"\x00")
+        end = head.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
+        if end < 0:
+            raise ProtocolViolation("invalid Bind message")
+    return head[:portal_end], head[portal_end + 1 : end]
+
+
+def _execute_portal(body: memoryview) -> bytes:
+    raw = bytes(body)
+    end = raw.find(b"\x00")
+    if end < 0 or len(raw) != end + 5:
+        raise ProtocolViolation("invalid Execute message")
+    return raw[:end]

@@ -1,0 +1,378 @@
+"""The audit trail of one session: one ``statement`` event per statement, with its outcome.
+
+:class:`AuditedHooks` decides like :class:`~gateway.session.policy.PolicyHooks` and also
+follows each statement to its end, so that the event says what happened — command tag,
+rows, SQLSTATE and message, duration, bytes — not only what was decided:
+
+- a simple ``Query`` is one event (the whole string, however many statements it holds),
+  completed by its ReadyForQuery;
+- in the extended protocol an event is written per execution (``Execute``), with the text
+  of the prepared statement its portal was bound to; an execution the server skipped
+  (an earlier error in the same pipeline, before Sync) did not run and has no event;
+- a refused message is an event at once (decision ``block`` / ``approve``), and the
+  error the client receives for it is not counted against another statement;
+- a FunctionCall is one event.
+
+The events go to an emitter (the worker's ``AuditWriter.emit``); this module does no I/O.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.audit.events import Event, StatementEvent, StatementStartEvent
+from gateway.policy.cache import DecisionCache
+from gateway.policy.model import Action, Decision
+from gateway.session.hooks import Refusal, RelayState
+from gateway.session.policy import PolicyHooks
+from gateway.sql import SqlSyntaxError, normalize
+from gateway.wire.errors import ProtocolViolation
+from gateway.wire.frontend import Bind, decode_frontend
+
+_now = time.time_ns
+
+# Named statements remembered per session (their text, for the events of their
+# executions). PostgreSQL keeps them too; past this many, new names are recorded with a
+# placeholder text rather than grow without bound.
+MAX_STATEMENTS = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """Who the session is, copied into each of its events."""
+
+    session_id: str
+    issuer: str
+    subject: str
+    client_id: str
+    role: str
+    upstream_user: str
+    database: str
+    client_addr: str
+    application_name: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    text: str
+    fingerprint: str
+    decision: Decision
+
+
+class _Pending:
+    """A statement sent upstream whose outcome is not known yet."""
+
+    __slots__ = (
+        "batch",
+        "bytes_in",
+        "command_tag",
+        "decision",
+        "error_message",
+        "fingerprint",
+        "id",
+        "out_mark",
+        "parameters",
+        "protocol",
+        "rows",
+        "sqlstate",
+        "start",
+        "text",
+    )
+
+    def __init__(
+        self, protocol: str, text: str, fingerprint: str, decision: Decision, batch: int,
+        bytes_in: int, out_mark: int,
+    ) -> None:
+        self.protocol = protocol
+        self.text = text
+        self.fingerprint = fingerprint
+        self.decision = decision
+        self.batch = batch
+        self.bytes_in = bytes_in
+        self.out_mark = out_mark
+        self.start = _now()
+        self.rows: int | None = None
+        self.command_tag = ""
+        self.sqlstate = ""
+        self.error_message = ""
+        self.parameters: list[str | None] | None = None
+        self.id = ""
+
+
+def rows_of(tag: str) -> int | None:
+    """The row count a command tag carries (``INSERT 0 5`` -> 5), if any."""
+    _, _, last = tag.rpartition(" ")
+    return int(last) if last.isdigit() else None
+
+
+class AuditedHooks(PolicyHooks):
+    """PolicyHooks that also record every statement of the session as an event."""
+
+    tracks_results = True
+
+    __slots__ = (
+        "_emit", "_executions", "_info", "_normalized", "_pending", "_portals",
+        "_record_parameters", "_relay", "_seq", "_statements", "statements",
+    )
+
+    def __init__(
+        self,
+        cache: DecisionCache,
+        info: SessionInfo,
+        parameters: dict[str, str],
+        emit: Callable[[Event], None],
+        *,
+        normalized_text: bool = False,
+        record_parameters: bool = False,
+        admit: Callable[[], Refusal | None] | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(cache, info.role, f"{info.issuer}:{info.subject}", info.database,
+                         parameters)
+        self._info = info
+        self._emit = emit
+        self._normalized = normalized_text
+        self._record_parameters = record_parameters
+        self._relay: RelayState | None = None
+        self._seq = 0
+        #: statement events written
+        self.statements = 0
+        # Simple queries, function calls and executions in the order the server answers.
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._statements: dict[bytes, _Prepared] = {}
+        # portal -> (statement it was bound to, parameters if recorded, Bind size)
+        self._portals: dict[bytes, tuple[_Prepared, list[str | None] | None, int]] = {}
+        self._executions = 0
+        # Asked before each statement: a refusal while the audit log cannot take it.
+        self._admit = admit
+        self.strict = strict
+        #: Set when a statement was forwarded whose record must be durable first (strict
+        #: mode): the server holds the bytes going upstream until then, then clears it.
+        self.hold = False
+
+    def attach(self, relay: RelayState) -> None:
+        self._relay = relay
+
+    # -- what the client sends ----------------------------------------------------------
+
+    def _blocked(self) -> Refusal | None:
+        refusal = self._admit() if self._admit is not None else None
+        if refusal is not None:
+            self.outcome, self.fingerprint = refusal, ""
+        return refusal
+
+    def on_query(self, sql: bytes) -> Refusal | None:
+        refusal = self._blocked() or self._statement(sql, "query")
+        self._begin("simple", sql, refusal, len(sql) + 6)
+        return refusal
+
+    def on_function_call(self, body: memoryview) -> Refusal | None:
+        refusal = self._blocked() or super().on_function_call(body)
+        oid = int.from_bytes(body[:4], "big") if len(body) >= 4 else 0
+        self._begin("function_call", f"<FunctionCall oid {oid}>".encode(), refusal,
+                    len(body) + 5)
+        return refusal
+
+    def on_parse(self, name: bytes, sql: bytes) -> Refusal | None:
+        refusal = self._blocked() or self._statement(sql, "prepared statement")
+        if refusal is not None:
+            self._refused("extended", sql, refusal, len(sql) + len(name) + 7)
+            return refusal
+        outcome = self.outcome
+        assert isinstance(outcome, Decision)
+        if name in self._statements or len(self._statements) < MAX_STATEMENTS or not name:
+            self._statements[name] = _Prepared(self._text(sql), self.fingerprint, outcome)
+        return None
+
+    def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> None:
+        prepared = self._statements.get(statement)
+        if prepared is None:
+            # Prepared before this session was audited, or beyond MAX_STATEMENTS.
+            prepared = _Prepared(f"<prepared statement {statement!r}>", "", self.outcome
+                                 if isinstance(self.outcome, Decision) else _UNKNOWN)
+        params = self._parameters(body) if self._record_parameters else None
+        self._portals[portal] = (prepared, params, len(body) + 5)
+
+    def on_execute(self, portal: bytes) -> None:
+        bound = self._portals.get(portal)
+        if bound is None:
+            return  # the server will answer with an error; nothing runs
+        prepared, params, size = bound
+        relay = self._relay
+        pending = _Pending(
+            "extended", prepared.text, prepared.fingerprint, prepared.decision,
+            relay.next_request if relay is not None else 0, size + 5 + len(portal) + 5,
+            relay.bytes_out if relay is not None else 0,
+        )
+        pending.parameters = params
+        self._track(pending)
+
+    # -- what the server answers --------------------------------------------------------
+
+    def on_complete(self, tag: bytes) -> None:
+        if not self._pending:
+            return
+        head = self._pending[0]
+        text = tag.decode("utf-8", "replace")
+        if head.protocol == "extended":
+            self._pending.popleft()
+            head.command_tag = text
+            head.rows = rows_of(text) if text != "SUSPENDED" else None
+            self._finish(head)
+        else:
+            head.command_tag = text
+            rows = rows_of(text)
+            if rows is not None:
+                head.rows = (head.rows or 0) + rows
+
+    def on_error(self, sqlstate: str, message: str, refusal: bool) -> None:
+        if refusal or not self._pending:
+            return  # the refused statement's event is already written
+        head = self._pending[0]
+        relay = self._relay
+        if head.sqlstate or (relay is not None and head.batch != relay.current_batch):
+            return  # an error of a batch with no statement of its own (a lone Parse)
+        head.sqlstate, head.error_message = sqlstate, message
+        if head.protocol == "extended":
+            # The execution failed (or its Parse/Bind did); until Sync the server skips
+            # the rest of the batch, which on_ready discards.
+            self._pending.popleft()
+            self._finish(head)
+            while self._pending and self._pending[0].batch == head.batch and (
+                self._pending[0].protocol == "extended"
+            ):
+                self._pending.popleft()
+
+    def on_ready(self, status: int) -> None:
+        relay = self._relay
+        # called after the relay counted this ReadyForQuery
+        ended = relay.current_batch - 1 if relay is not None else 0
+        pending = self._pending
+        while pending and pending[0].batch <= ended:
+            head = pending.popleft()
+            if head.protocol != "extended":
+                self._finish(head)
+            # an execution still pending at its batch's end was skipped: it did not run
+
+    def on_close(self, reason: str) -> None:
+        # Statements in flight when the session ended: recorded with what is known.
+        while self._pending:
+            head = self._pending.popleft()
+            if not head.sqlstate:
+                head.sqlstate = "08006"
+                head.error_message = f"session ended before the statement completed: {reason}"
+            self._finish(head)
+
+    # -- events -------------------------------------------------------------------------
+
+    def _text(self, sql: bytes) -> str:
+        text = sql.decode("utf-8", "replace")
+        if self._normalized:
+            try:
+                return normalize(text)
+            except SqlSyntaxError:
+                return "<does not parse>"
+        return text
+
+    def _begin(self, protocol: str, sql: bytes, refusal: Refusal | None, size: int) -> None:
+        if refusal is not None:
+            self._refused(protocol, sql, refusal, size)
+            return
+        outcome = self.outcome
+        assert isinstance(outcome, Decision)
+        relay = self._relay
+        self._track(_Pending(
+            protocol, self._text(sql), self.fingerprint, outcome,
+            relay.next_request if relay is not None else 0, size,
+            relay.bytes_out if relay is not None else 0,
+        ))
+
+    def _track(self, pending: _Pending) -> None:
+        self._seq += 1
+        pending.id = f"{self._info.session_id}:{self._seq}"
+        self._pending.append(pending)
+        if self.strict:
+            # Strict mode: the record that this statement is about to run must be durable
+            # before it runs; the server holds what goes upstream until then.
+            d = pending.decision
+            self._emit(StatementStartEvent(
+                at=pending.start, id=pending.id, session_id=self._info.session_id,
+                protocol=pending.protocol,  # type: ignore[arg-type]
+                text=pending.text, fingerprint=pending.fingerprint,
+                decision=d.action.label,  # type: ignore[arg-type]
+                rule_ids=[d.rule_id],
+            ))
+            self.hold = True
+
+    def _refused(self, protocol: str, sql: bytes, refusal: Refusal, size: int) -> None:
+        outcome = self.outcome
+        decision = outcome if isinstance(outcome, Decision) else _UNKNOWN_REFUSED
+        at = _now()
+        self._write(
+            protocol, self._text(sql), self.fingerprint, decision, at, at, size, 0,
+            sqlstate=refusal.sqlstate, error_message=refusal.message,
+        )
+
+    def _finish(self, p: _Pending) -> None:
+        relay = self._relay
+        out = (relay.bytes_out - p.out_mark) if relay is not None else 0
+        self._write(
+            p.protocol, p.text, p.fingerprint, p.decision, p.start, _now(), p.bytes_in, out,
+            rows=p.rows, command_tag=p.command_tag, sqlstate=p.sqlstate,
+            error_message=p.error_message, parameters=p.parameters, statement_id=p.id,
+        )
+
+    def _write(
+        self, protocol: str, text: str, fingerprint: str, decision: Decision, start: int,
+        end: int, bytes_in: int, bytes_out: int, *, rows: int | None = None,
+        command_tag: str = "", sqlstate: str = "", error_message: str = "",
+        parameters: list[str | None] | None = None, statement_id: str = "",
+    ) -> None:
+        info = self._info
+        if not statement_id:
+            self._seq += 1
+            statement_id = f"{info.session_id}:{self._seq}"
+        self.statements += 1
+        self._emit(StatementEvent(
+            at=end, id=statement_id, session_id=info.session_id,
+            start=start, end=end, issuer=info.issuer, subject=info.subject,
+            client_id=info.client_id, role=info.role, upstream_user=info.upstream_user,
+            database=info.database, client_addr=info.client_addr,
+            application_name=info.application_name,
+            protocol=protocol,  # type: ignore[arg-type]
+            text=text, fingerprint=fingerprint,
+            decision=decision.action.label,  # type: ignore[arg-type]
+            rule_ids=[decision.rule_id], observed_rule_ids=list(decision.observed),
+            rows=rows, command_tag=command_tag, sqlstate=sqlstate,
+            error_message=error_message, duration_us=(end - start) // 1000,
+            bytes_in=bytes_in, bytes_out=bytes_out, parameters=parameters,
+        ))
+
+    @staticmethod
+    def _parameters(body: memoryview) -> list[str | None] | None:
+        try:
+            bind = decode_frontend(ord("B"), body)
+        except (ProtocolViolation, ValueError):
+            return None
+        assert isinstance(bind, Bind)
+        formats = bind.param_formats
+        out: list[str | None] = []
+        for i, value in enumerate(bind.params):
+            fmt = formats[0] if len(formats) == 1 else formats[i] if formats else 0
+            if value is None:
+                out.append(None)
+            elif fmt == 0:
+                out.append(value.decode("utf-8", "replace"))
+            else:
+                out.append("\\x" + value.hex())
+        return out
+
+
+# A portal bound to a statement this session's trail does not know (see on_bind).
+_UNKNOWN = Decision(Action.ALLOW, "unknown")
+# Refused before any rule could be applied: text not UTF-8, or a session pgwarden cannot
+# inspect (see gateway.session.policy).
+_UNKNOWN_REFUSED = Decision(Action.BLOCK, "integrity.session")
