@@ -41,6 +41,16 @@ def _build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
 
+    reload = sub.add_parser(
+        "reload",
+        help="validate the configuration, then make the running gateway reload it",
+        description="Validates FILE (errors with file, line and key; nothing is signalled "
+        "then) and sends SIGHUP to the supervisor named in server.pid_file. Sessions stay "
+        "open; new statements are decided by the new policy.",
+    )
+    reload.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    reload.add_argument("--pid", type=int, default=None, help="supervisor pid (default: pid file)")
+
     sub.add_parser(
         "hash-secret",
         help="hash a static client secret for a [[clients]] entry",
@@ -193,6 +203,41 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from gateway.config import default_pid_file
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"not reloaded: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    pid = args.pid
+    pid_file = config.server.pid_file or default_pid_file(config.server.listen_port)
+    if pid is None:
+        try:
+            with open(pid_file) as fh:
+                pid = int(fh.read().strip())
+        except (OSError, ValueError) as exc:
+            print(f"pgwarden: cannot read the supervisor's pid from {pid_file}: {exc}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().replace(b"\x00", b" ")
+    except OSError:
+        cmdline = b""
+    if b"pgwarden" not in cmdline and b"gateway.cli" not in cmdline:
+        print(f"pgwarden: process {pid} (from {pid_file}) is not a running pgwarden",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    os.kill(pid, signal.SIGHUP)
+    print(f"reload signalled to pgwarden supervisor {pid}")
+    return EXIT_OK
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args.config, sys.stderr)
     if cfg is None:
@@ -267,6 +312,7 @@ _COMMANDS = {
     "dev": _cmd_dev,
     "policy": _cmd_policy,
     "serve": _cmd_serve,
+    "reload": _cmd_reload,
     "check-config": _cmd_check_config,
     "hash-secret": _cmd_hash_secret,
     "demo": _cmd_demo,

@@ -72,6 +72,13 @@ GIB = 1 << 30
 # --------------------------------------------------------------------------- schema
 
 
+def default_pid_file(listen_port: int) -> str:
+    """Where the supervisor writes its pid when ``server.pid_file`` is empty."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"pgwarden-{listen_port}.pid")
+
+
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Listener, process model and per-connection resource limits."""
 
@@ -88,6 +95,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     write_buffer_high: int = 262144
     write_buffer_low: int = 65536
     run_dir: str = ""  # "" = a private temp dir made by the supervisor
+    pid_file: str = ""  # "" = <temp dir>/pgwarden-<listen_port>.pid (for pgwarden reload)
     gateway_id: str = ""  # "" = hostname
     auth_failure_limit: int = 10  # failed authentications per source address per window
     auth_failure_window: float = 60.0

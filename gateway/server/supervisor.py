@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, default_pid_file, load_config
 from gateway.identity.secrets import (
     SecretSourceError,
     read_role_password,
@@ -87,8 +87,32 @@ class Supervisor:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    @property
+    def pid_file(self) -> str:
+        server = self.config.server
+        return server.pid_file or default_pid_file(server.listen_port)
+
+    def _write_pid_file(self) -> None:
+        # Written atomically: `pgwarden reload` must never read a half-written pid.
+        path = self.pid_file
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write pid file %s (pgwarden reload needs it): %s", path, exc)
+
+    def _remove_pid_file(self) -> None:
+        with contextlib.suppress(OSError):
+            with open(self.pid_file) as fh:
+                if fh.read().strip() != str(os.getpid()):
+                    return  # another supervisor's by now
+            os.unlink(self.pid_file)
+
     def run(self) -> int:
         self._preflight()
+        self._write_pid_file()
         for sig in _SIGNALS:
             signal.signal(sig, self._on_signal)
         log.info(
@@ -280,6 +304,7 @@ class Supervisor:
         log.info("HUP: configuration reloaded; %d workers told", len(self.workers))
 
     def _cleanup(self) -> None:
+        self._remove_pid_file()
         for fd in (self._pipe_r, self._pipe_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

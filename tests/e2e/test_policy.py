@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -361,10 +362,21 @@ def test_sighup_reload_changes_decisions_and_bad_policy_keeps_the_old(
         assert "pgwarden.toml:" in gw.log()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("select * from salaries")
+        # `pgwarden reload` validates first: a bad file is reported and nothing signalled.
+        bad = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "reload", "--config", str(gw.config_path)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert bad.returncode == 2 and "pgwarden.toml:" in bad.stderr and "blokc" in bad.stderr
         # A valid new policy without the rule: the same open session sees it.
         gw.config_path.write_text(text.replace('relations = ["salaries"]',
                                                'relations = ["nothing_here"]', 1))
-        gw.signal(signal.SIGHUP)
+        ok = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "reload", "--config", str(gw.config_path)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert f"supervisor {gw.proc.pid}" in ok.stdout
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
