@@ -51,6 +51,15 @@ def _build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
     reload.add_argument("--pid", type=int, default=None, help="supervisor pid (default: pid file)")
 
+    stats = sub.add_parser(
+        "stats",
+        help="print the running gateway's counters (decision cache, sessions, audit, Kafka)",
+        description="Reads the counters each worker writes at every heartbeat and prints "
+        "them as JSON, or in the Prometheus text format with --prometheus.",
+    )
+    stats.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    stats.add_argument("--prometheus", action="store_true", help="Prometheus text format")
+
     sub.add_parser(
         "hash-secret",
         help="hash a static client secret for a [[clients]] entry",
@@ -219,7 +228,7 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     if pid is None:
         try:
             with open(pid_file) as fh:
-                pid = int(fh.read().strip())
+                pid = int(fh.readline().strip())
         except (OSError, ValueError) as exc:
             print(f"pgwarden: cannot read the supervisor's pid from {pid_file}: {exc}",
                   file=sys.stderr)
@@ -236,6 +245,58 @@ def _cmd_reload(args: argparse.Namespace) -> int:
     os.kill(pid, signal.SIGHUP)
     print(f"reload signalled to pgwarden supervisor {pid}")
     return EXIT_OK
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import glob
+    import json
+    import os
+
+    from gateway.config import default_pid_file
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    pid_file = config.server.pid_file or default_pid_file(config.server.listen_port)
+    try:
+        with open(pid_file) as fh:
+            run_dir = fh.read().splitlines()[1]
+    except (OSError, IndexError) as exc:
+        print(f"pgwarden: no running gateway found through {pid_file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    workers = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "worker-*.stats.json"))):
+        with open(path) as fh:
+            workers.append(json.load(fh))
+    if not args.prometheus:
+        print(json.dumps({"workers": workers}, indent=2))
+        return EXIT_OK
+    for line in _prometheus(workers):
+        print(line)
+    return EXIT_OK
+
+
+def _prometheus(workers: list[dict[str, object]]) -> list[str]:
+    """Numeric counters as ``pgwarden_<path>{worker="n"} value`` lines."""
+    lines: list[str] = []
+
+    def walk(prefix: str, value: object, worker: object) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}_{key}", inner, worker)
+        elif isinstance(value, bool):
+            lines.append(f'{prefix}{{worker="{worker}"}} {int(value)}')
+        elif isinstance(value, (int, float)):
+            lines.append(f'{prefix}{{worker="{worker}"}} {value}')
+
+    for stats in workers:
+        worker = stats.get("worker", "?")
+        for key, value in stats.items():
+            if key not in ("worker", "pid"):
+                walk(f"pgwarden_{key}", value, worker)
+    return lines
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -313,6 +374,7 @@ _COMMANDS = {
     "policy": _cmd_policy,
     "serve": _cmd_serve,
     "reload": _cmd_reload,
+    "stats": _cmd_stats,
     "check-config": _cmd_check_config,
     "hash-secret": _cmd_hash_secret,
     "demo": _cmd_demo,

@@ -65,6 +65,7 @@ class CacheStats:
     """Counters for metrics: where decisions came from, and the tiers' sizes."""
 
     version: int
+    session_hits: int  # served by a session's own memo of its allowed texts
     exact_hits: int
     normalized_hits: int
     misses: int
@@ -74,7 +75,7 @@ class CacheStats:
 
     @property
     def hits(self) -> int:
-        return self.exact_hits + self.normalized_hits
+        return self.session_hits + self.exact_hits + self.normalized_hits
 
 
 def normalized_digest(sql: str) -> bytes:
@@ -101,7 +102,7 @@ class DecisionCache:
 
     __slots__ = (
         "_exact", "_exact_size", "_lru", "_lru_size", "exact_hits", "misses",
-        "normalized_hits", "policy", "uncacheable", "version",
+        "normalized_hits", "policy", "session_hits", "uncacheable", "version",
     )
 
     def __init__(self, policy: Policy, size: int = 10000, exact_size: int = 10000) -> None:
@@ -111,6 +112,8 @@ class DecisionCache:
         self._exact_size = exact_size
         self._exact: dict[Hashable, Entry] = {}
         self._lru: OrderedDict[Hashable, Entry] = OrderedDict()
+        #: Counted by the sessions (gateway.session.policy) that serve from their memo.
+        self.session_hits = 0
         self.exact_hits = 0
         self.normalized_hits = 0
         self.misses = 0
@@ -192,7 +195,7 @@ class DecisionCache:
 
     def stats(self) -> CacheStats:
         return CacheStats(
-            self.version, self.exact_hits, self.normalized_hits, self.misses,
+            self.version, self.session_hits, self.exact_hits, self.normalized_hits, self.misses,
             self.uncacheable, len(self._exact), len(self._lru),
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -168,6 +169,41 @@ class WorkerContext:
             await self.audit.start()
         if self.oidc is not None:
             await self.oidc.start()
+
+    def stats(self) -> dict[str, object]:
+        """This worker's counters, for `pgwarden stats` (written at each heartbeat)."""
+        cache = self.decisions.stats()
+        out: dict[str, object] = {
+            "worker": self.index,
+            "pid": os.getpid(),
+            "connections": len(self.connections),
+            "sessions": len(self.sessions),
+            "policy_version": cache.version,
+            "decision_cache": {
+                "session_hits": cache.session_hits,
+                "exact_hits": cache.exact_hits,
+                "normalized_hits": cache.normalized_hits,
+                "misses": cache.misses,
+                "uncacheable": cache.uncacheable,
+                "exact_size": cache.exact_size,
+                "normalized_size": cache.normalized_size,
+            },
+            "upstream_pool_idle": len(self.pool),
+        }
+        if self.audit is not None:
+            w = self.audit.writer.stats()
+            out["audit"] = {
+                "emitted": w.emitted, "durable": w.durable, "batches": w.batches,
+                "appends": w.appends, "failures": w.failures, "dropped": w.dropped,
+                "spool_full": self.audit.full,
+            }
+            if self.audit.shipper is not None:
+                sh = self.audit.shipper.stats
+                out["kafka"] = {
+                    "delivered": sh.delivered, "pending": sh.pending,
+                    "connected": sh.connected, "last_error": sh.last_error,
+                }
+        return out
 
     def reload_failed(self, error: str) -> None:
         """A reload was rejected: the previous configuration stays (and that is audited)."""

@@ -98,7 +98,8 @@ class Supervisor:
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
+                # line 2: where workers write their stats (pgwarden stats)
+                fh.write(f"{os.getpid()}\n{self.run_dir}\n")
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write pid file %s (pgwarden reload needs it): %s", path, exc)
@@ -106,7 +107,7 @@ class Supervisor:
     def _remove_pid_file(self) -> None:
         with contextlib.suppress(OSError):
             with open(self.pid_file) as fh:
-                if fh.read().strip() != str(os.getpid()):
+                if fh.readline().strip() != str(os.getpid()):
                     return  # another supervisor's by now
             os.unlink(self.pid_file)
 

@@ -25,6 +25,8 @@ import signal
 import socket
 import time
 
+import orjson
+
 from gateway.config import Config, ConfigError, load_config
 from gateway.identity.secrets import SecretSourceError
 from gateway.server.connection import ClientConnection, Phase
@@ -97,9 +99,21 @@ class Worker:
     def _beat(self) -> None:
         with contextlib.suppress(OSError):
             os.utime(self.heartbeat)
+        if self.ctx is not None:
+            self._write_stats(self.ctx.stats())
         asyncio.get_running_loop().call_later(
             self.config.server.heartbeat_interval, self._beat
         )
+
+    def _write_stats(self, stats: dict[str, object]) -> None:
+        # Next to the heartbeat; replaced atomically so a reader never sees half a file.
+        path = os.path.join(self.run_dir, f"worker-{self.index}.stats.json")
+        try:
+            with open(path + ".tmp", "wb") as fh:
+                fh.write(orjson.dumps(stats))
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", path, exc)
 
     # -- signals ------------------------------------------------------------------------
 

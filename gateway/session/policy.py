@@ -134,6 +134,7 @@ class PolicyHooks(SessionHooks):
     def _statement(self, sql: bytes, what: str) -> Refusal | None:
         memo = self._allowed.get(sql)
         if memo is not None and self._version == self._cache.version:
+            self._cache.session_hits += 1
             self.outcome, self.fingerprint = memo
             return None
         outcome, self.fingerprint = self.decide(sql)

@@ -385,3 +385,26 @@ def test_sighup_reload_changes_decisions_and_bad_policy_keeps_the_old(
             except psycopg.errors.InsufficientPrivilege:
                 time.sleep(0.2)
         assert conn.execute("select count(*) from salaries").fetchone() == (0,)
+
+
+def test_stats_expose_decision_cache_counters(gw: Gateway) -> None:
+    import json
+    import time
+
+    with psycopg.connect(dsn(gw), autocommit=True) as conn:
+        for _ in range(5):
+            conn.execute("select count(*) from canary where id > 0", prepare=False)
+    cmd = [sys.executable, "-m", "gateway.cli", "stats", "--config", str(gw.config_path)]
+    deadline = time.time() + 10
+    while True:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        (worker,) = json.loads(out.stdout)["workers"]
+        cache = worker["decision_cache"]
+        hits = cache["session_hits"] + cache["exact_hits"] + cache["normalized_hits"]
+        if hits >= 4 or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert cache["misses"] >= 1 and hits >= 4
+    prom = subprocess.run([*cmd, "--prometheus"], capture_output=True, text=True, timeout=60)
+    assert 'pgwarden_decision_cache_misses{worker="0"}' in prom.stdout
