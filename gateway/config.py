@@ -192,6 +192,9 @@ class BindingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """How statements are decided when no rule matches, the baseline pack, the caches."""
 
+    # false: statements are not parsed or decided at all (identity, custody and audit
+    # only) — documented as not for production data paths
+    enabled: bool = True
     default_action: Literal["allow", "approve", "block"] = "allow"
     baseline: bool = True  # the built-in least-privilege pack (docs/policy.md)
     cache_size: int = 10000  # decisions kept per worker, keyed by normalized statement

@@ -118,7 +118,9 @@ class WorkerContext:
             passwords = {r.name: read_role_password(r) for r in config.roles}
         else:
             passwords = {"default": read_upstream_password(config.upstream)}
-        policy = Policy.from_config(config)
+        # With the policy off, audited sessions still parse (for fingerprints and the
+        # always-on integrity rule) under an empty rule set.
+        policy = Policy.from_config(config) if config.policy.enabled else Policy(())
         oidc = OidcVerifier(config.issuers) if config.issuers else None
         authenticator = Authenticator(config.clients, oidc, config.tls)
         old_oidc = self.oidc
@@ -262,6 +264,8 @@ class WorkerContext:
         """The hooks of a session that starts now: its statements decided by policy, and
         recorded when the audit log is on."""
         audit = self.audit
+        if audit is None and not self.config.policy.enabled:
+            return SessionHooks()  # pure pass-through: nothing decided, nothing recorded
         if audit is None:
             return PolicyHooks(
                 self.decisions, info.role, f"{info.issuer}:{info.subject}", info.database,

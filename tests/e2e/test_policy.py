@@ -408,3 +408,13 @@ def test_stats_expose_decision_cache_counters(gw: Gateway) -> None:
     assert cache["misses"] >= 1 and hits >= 4
     prom = subprocess.run([*cmd, "--prometheus"], capture_output=True, text=True, timeout=60)
     assert 'pgwarden_decision_cache_misses{worker="0"}' in prom.stdout
+
+
+def test_policy_disabled_is_pass_through(
+    start_gateway: Callable[..., Gateway], policy_db: str
+) -> None:
+    gw = start_gateway(workers=1, policy="[policy]\nenabled = false\n")
+    with psycopg.connect(dsn(gw), autocommit=True) as conn:
+        conn.execute("create temp table scratch (id int)")
+        conn.execute("delete from scratch")  # the baseline would refuse this
+        conn.execute("drop table scratch")
