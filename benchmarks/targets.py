@@ -251,6 +251,7 @@ def _pgwarden_toml(
     password_file: Path,
     client_user: str,
     secret_hash: str,
+    extra: str = "",
 ) -> str:
     return f"""\
 # written by benchmarks/targets.py
@@ -272,6 +273,8 @@ sslmode = "disable"
 [[clients]]
 user = {_toml_str(client_user)}
 secret_hash = {_toml_str(secret_hash)}
+
+{extra}
 """
 
 
@@ -302,6 +305,7 @@ def start_pgwarden(
     client_secret: str,
     workers: int,
     name: str = "pgwarden",
+    extra_toml: str = "",
 ) -> Target:
     """``pgwarden serve`` with ``workers`` workers; the client logs in with a static secret."""
     from gateway.identity.static_secrets import hash_secret
@@ -314,7 +318,9 @@ def start_pgwarden(
     config = workdir / "pgwarden.toml"
     secret_hash = hash_secret(client_secret)
     config.write_text(
-        _pgwarden_toml(cluster, port, workers, user, password_file, user, secret_hash)
+        _pgwarden_toml(
+            cluster, port, workers, user, password_file, user, secret_hash, extra_toml
+        )
     )
     _check_config(config)
     argv = [*pgwarden_command(), "serve", "--config", str(config)]

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gateway.audit.keys import generate_key
 from gateway.config import load_config
 from gateway.devcluster import PgCluster, make_self_signed_cert
 from gateway.identity.static_secrets import hash_secret
@@ -70,6 +71,11 @@ subject = "demo"
 role = "app_rw"
 issuer = "dev"
 subject = "demo-job"
+
+# The signed audit log. No Kafka here: the spool is the audit log.
+[audit]
+spool_dir = "{spool_dir}"
+signing_key_file = "{audit_key}"
 """
 
 
@@ -118,6 +124,9 @@ def run_demo(args: argparse.Namespace) -> int:
         client_secret = secrets.token_urlsafe(18)
         issuer, issuer_url, token = _start_dev_issuer()
         config_path = gateway_dir / "pgwarden.toml"
+        audit_key = gateway_dir / "audit.key"
+        generate_key(audit_key)
+        spool_dir = gateway_dir / "audit"
         config_path.write_text(
             _CONFIG.format(
                 port=args.port,
@@ -129,6 +138,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 password_file=password_file,
                 secret_hash=hash_secret(client_secret),
                 issuer_url=issuer_url,
+                spool_dir=spool_dir,
+                audit_key=audit_key,
             )
         )
         config = load_config(config_path)
@@ -139,6 +150,10 @@ def run_demo(args: argparse.Namespace) -> int:
             "or as the machine identity 'demo-job' with an OIDC token as the password:\n\n"
             f'  PGPASSWORD={token} psql "host=127.0.0.1 port={args.port} dbname=app '
             'user=demo-job sslmode=require"\n\n'
+            "Every statement is decided by the baseline policy (try DROP TABLE) and recorded\n"
+            "in the signed audit log; verify it and stream its events with:\n\n"
+            f"  pgwarden audit verify --spool {spool_dir} --keys {audit_key}.pub --allow-open\n"
+            f"  pgwarden audit tail --spool {spool_dir} --keys {audit_key}.pub --follow\n\n"
             f"configuration: {config_path}\n"
             "Ctrl-C stops pgwarden and the throwaway PostgreSQL.\n",
             flush=True,

@@ -53,6 +53,20 @@ def test_demo_prints_working_connection_strings() -> None:
             ).fetchone()
         assert row is not None and row[0] == "app"
         assert str(row[1]).startswith("pgwarden:dev:demo-job")
+        # The printed verify command works on the live spool, and saw the statement.
+        verify = re.search(r"  (pgwarden audit verify [^\n]+)", text)
+        tail = re.search(r"  pgwarden audit tail (--spool \S+ --keys \S+)", text)
+        assert verify and tail, text
+        args = verify.group(1).split()[1:]
+        time.sleep(0.3)  # one flush interval
+        out = subprocess.run([sys.executable, "-m", "gateway.cli", *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        events = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "audit", "tail", *tail.group(1).split()],
+            capture_output=True, text=True, timeout=60,
+        ).stdout
+        assert "pg_backend_pid()" in events and "demo-job" in events
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)
