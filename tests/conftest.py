@@ -4,6 +4,10 @@ The cluster is started once per test session from the Debian binaries (initdb in
 temp dir, SCRAM authentication). ``start_gateway`` runs ``pgwarden serve`` as a separate
 process (supervisor + forked workers) with a generated configuration, so the end-to-end
 tests exercise exactly what a user runs.
+
+``kafka`` is a real Apache Kafka broker (KRaft, one node, jars from scripts/kafka-assemble,
+a plaintext and a mutual-TLS listener) for the session, started by the first test that asks
+for it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.devcluster import PgCluster, free_port, make_self_signed_cert
+from gateway.devkafka import KafkaBroker
 from tests.support import (
     DATABASE,
     UPSTREAM_PASSWORD,
@@ -81,3 +86,15 @@ def start_gateway(
 def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
     """The shared gateway: 2 workers, TLS available, plaintext allowed on loopback."""
     return start_gateway()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The shared Kafka broker. Tests must not stop it: one that takes Kafka away runs
+    its own ``KafkaBroker``."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), tls=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
