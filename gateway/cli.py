@@ -93,6 +93,12 @@ def _build_parser() -> argparse.ArgumentParser:
     dev.add_argument("tool", choices=["issuer"], help="the helper to run")
     dev.add_argument("rest", nargs=argparse.REMAINDER, help="the helper's own options")
     _add_audit_commands(sub)
+    # Parsed by gateway.audit.evidence (see _evidence); listed here for --help.
+    sub.add_parser(
+        "evidence",
+        help="auditor evidence pack: 'pgwarden evidence --config F --since D --until D "
+        "--out DIR' (and 'pgwarden evidence check DIR --keys ...')",
+    )
     return parser
 
 
@@ -381,8 +387,25 @@ _COMMANDS = {
 }
 
 
+def _evidence(argv: Sequence[str]) -> int:
+    # Its own parser, built only when asked for: it imports gateway.audit (and asyncio),
+    # which the other commands do not need to pay for.
+    from gateway.audit import evidence
+
+    parser = argparse.ArgumentParser(prog="pgwarden evidence")
+    evidence.add_arguments(parser)
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    return evidence.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pgwarden`` console script; returns the process exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["evidence"]:
+        return _evidence(args_list[1:])
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -207,9 +207,15 @@ class AuditWriter:
         if self._pending:
             self._schedule_now()
 
-    async def close(self, reason: str = "shutdown") -> None:
+    async def close(
+        self, reason: str = "shutdown", before_release: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Write everything pending and the close batch (with ``worker_stop``), fsync,
-        release the spool. Raises AuditWriteError if that last write fails."""
+        release the spool. Raises AuditWriteError if that last write fails.
+
+        ``before_release`` runs after the close batch is durable and before the spool's
+        lock is released (the Kafka shipper delivers the rest then, so that a successor
+        worker taking the lock cannot send the same records again)."""
         if self._closing:
             return
         self._closing = True
@@ -242,6 +248,11 @@ class AuditWriter:
                 raise AuditWriteError(str(exc)) from exc
             self._written(records, events)
         finally:
+            if before_release is not None:
+                try:
+                    await before_release()
+                except Exception:
+                    log.exception("audit: delivering the last records failed; the spool keeps them")
             if spool is not None:
                 spool.close()
             self._executor.shutdown(wait=False)

@@ -80,12 +80,16 @@ class AuditRuntime:
 
     async def close(self, reason: str = "shutdown") -> None:
         """Write the closing batch, then give Kafka a moment to take what is pending."""
+        shipper = self.shipper
+
+        async def deliver() -> None:
+            if shipper is not None:
+                await shipper.close(_CLOSE_DELIVERY_TIMEOUT)
+
         try:
-            await self.writer.close(reason)
+            await self.writer.close(reason, before_release=deliver)
         except Exception:  # the spool keeps what it has; the next start replays it
             log.exception("audit: closing the chain failed")
-        if self.shipper is not None:
-            await self.shipper.close(_CLOSE_DELIVERY_TIMEOUT)
 
 
 def build(config: Config, worker_id: int) -> AuditRuntime | None:

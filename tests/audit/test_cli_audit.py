@@ -160,15 +160,3 @@ def test_tail_follow_as_a_process(tmp_path: Path, key: SigningKey) -> None:
         proc.wait(10)
 
 
-def test_kafka_source_without_the_kafka_module_is_a_clear_error(
-    tmp_path: Path, key: SigningKey, capsys: pytest.CaptureFixture[str]
-) -> None:
-    try:
-        import gateway.audit.kafka  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("gateway.audit.kafka exists; its own tests cover --kafka")
-    code = cli.main(["audit", "verify", "--kafka", "127.0.0.1:9", "--keys", str(tmp_path)])
-    assert code == 2
-    assert "reading Kafka is not available in this build" in capsys.readouterr().err

@@ -119,6 +119,17 @@ def test_every_statement_and_session_is_in_the_verified_chain(
     assert tail.returncode == 0
     assert sum(marker in line for line in tail.stdout.splitlines()) == len(statements)
 
+    # The auditor's pack, from the gateway's own configuration.
+    pack = tmp_path / "evidence"
+    out = cli("evidence", "--config", str(gw.config_path), "--since", "2000-01-01",
+              "--until", "2100-01-01", "--out", str(pack))
+    assert out.returncode == 0, out.stdout + out.stderr
+    csv_text = (pack / "statements.csv").read_text(encoding="utf-8-sig")
+    assert csv_text.count(marker) >= len(statements)
+    assert "upstream-Secret" not in (pack / "custody.md").read_text()
+    check = cli("evidence", "check", str(pack), "--keys", str(pub))
+    assert check.returncode == 0, check.stdout + check.stderr
+
 
 def test_pgbench_statements_all_recorded(
     start_gateway: Callable[..., Gateway], tmp_path: Path, pg: PgCluster
