@@ -418,3 +418,27 @@ def test_policy_disabled_is_pass_through(
         conn.execute("create temp table scratch (id int)")
         conn.execute("delete from scratch")  # the baseline would refuse this
         conn.execute("drop table scratch")
+
+
+def test_session_started_in_an_unsafe_encoding_is_refused_every_statement(gw: Gateway) -> None:
+    client = RawClient(gw.port)
+    try:
+        client.startup(database=DB, client_encoding="SJIS")
+        assert client.read_message() == (b"R", b"\x00\x00\x00\x03")
+        client.send(message(b"p", CLIENT_SECRET.encode() + b"\x00"))
+        client.read_until(b"Z")
+        (err,) = errors(simple(client, "select 1"))
+        assert err["C"] == "0A000" and "client_encoding" in err["M"]
+    finally:
+        client.close()
+
+
+def test_statement_text_that_is_not_utf8_is_refused(gw: Gateway, pg: PgCluster) -> None:
+    client = raw_login(gw)
+    try:
+        client.send(message(b"Q", b"select '\x81\x5c'; drop table canary\x00"))
+        (err,) = errors(client.read_until(b"Z"))
+        assert err["C"] == "22021"
+    finally:
+        client.close()
+    assert canary_rows(pg)[0][0] is not None
