@@ -178,6 +178,20 @@ secret_hash = "{hash_secret(CLIENT_SECRET)}"
 
 
 
+PGBENCH_DATABASE = "pgbench"
+
+
+def pgbench_database(pg: PgCluster) -> str:
+    """A database with pgbench's tables (scale 1) that the upstream user may read; kept
+    apart from DATABASE, whose contents the dump/restore tests compare."""
+    if not pg.sql(f"select 1 from pg_database where datname = '{PGBENCH_DATABASE}'"):
+        pg.create_database(PGBENCH_DATABASE, owner=UPSTREAM_USER)
+        pg.pgbench_init(PGBENCH_DATABASE, 1)
+        pg.sql(f"grant select on all tables in schema public to {UPSTREAM_USER}",
+               dbname=PGBENCH_DATABASE)
+    return PGBENCH_DATABASE
+
+
 class RawClient:
     """A byte-level PostgreSQL client for sending what no driver would send."""
 

@@ -26,7 +26,7 @@ from gateway.audit.kafka import read_topic
 from gateway.audit.keys import generate_key
 from gateway.devcluster import PgCluster
 from gateway.devkafka import KafkaBroker
-from tests.support import CLIENT_USER, Gateway
+from tests.support import CLIENT_USER, Gateway, pgbench_database
 
 pytestmark = pytest.mark.e2e
 
@@ -103,14 +103,11 @@ def test_kafka_outage_under_pgbench_load_loses_nothing(
         broker.create_topic(topic, partitions=1)
         section, pub = audit_section(tmp_path, broker.bootstrap, topic)
         gw = start_gateway(workers=2, audit=section)
-        if not pg.sql("select 1 from pg_tables where tablename = 'pgbench_accounts'",
-                      dbname="app"):
-            pg.pgbench_init("app", 1)
-        pg.sql("grant select on all tables in schema public to app", dbname="app")
+        db = pgbench_database(pg)
         duration = OUTAGE_SECONDS + 20
         bench = subprocess.Popen(
             ["pgbench", "-S", "-M", "prepared", "-c", "4", "-R", "300", "-T", str(duration),
-             "-n", "app"],
+             "-n", db],
             env=gw.env(sslmode="disable"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )

@@ -34,7 +34,7 @@ from gateway.audit import (
 )
 from gateway.audit.keys import generate_key
 from gateway.devcluster import PgCluster
-from tests.support import CLIENT_USER, Gateway
+from tests.support import CLIENT_USER, Gateway, pgbench_database
 
 pytestmark = pytest.mark.e2e
 
@@ -135,13 +135,10 @@ def test_pgbench_statements_all_recorded(
     start_gateway: Callable[..., Gateway], tmp_path: Path, pg: PgCluster
 ) -> None:
     gw, spool, pub = start_audited(start_gateway, tmp_path)
-    if not pg.sql("select 1 from pg_tables where tablename = 'pgbench_accounts'",
-                  dbname="app"):
-        pg.pgbench_init("app", 1)
-    pg.sql("grant select on all tables in schema public to app", dbname="app")
+    db = pgbench_database(pg)
     env = gw.env(sslmode="disable")
     done = subprocess.run(
-        ["pgbench", "-S", "-M", "prepared", "-c", "4", "-t", "200", "-n", "app"],
+        ["pgbench", "-S", "-M", "prepared", "-c", "4", "-t", "200", "-n", db],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
