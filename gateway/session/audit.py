@@ -35,9 +35,10 @@ from gateway.wire.frontend import Bind, decode_frontend
 _now = time.time_ns
 
 # Named statements remembered per session (their text, for the events of their
-# executions). PostgreSQL keeps them too; past this many, new names are recorded with a
-# placeholder text rather than grow without bound.
-MAX_STATEMENTS = 10000
+# executions) until the client closes them. Past this many open ones a new Parse is
+# refused: its executions could not be recorded with their text (fail closed).
+MAX_STATEMENTS = 100_000
+SQLSTATE_TOO_MANY = "54000"  # program_limit_exceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +144,9 @@ class AuditedHooks(PolicyHooks):
         # Simple queries, function calls and executions in the order the server answers.
         self._pending: collections.deque[_Pending] = collections.deque()
         self._statements: dict[bytes, _Prepared] = {}
-        # portal -> (statement it was bound to, parameters if recorded, Bind size)
-        self._portals: dict[bytes, tuple[_Prepared, list[str | None] | None, int]] = {}
+        # portal -> (statement it was bound to, parameters if recorded, Bind size, the
+        # ReadyForQuery ordinal that ends the Bind's batch)
+        self._portals: dict[bytes, tuple[_Prepared, list[str | None] | None, int, int]] = {}
         self._executions = 0
         # Asked before each statement: a refusal while the audit log cannot take it.
         self._admit = admit
@@ -183,9 +185,23 @@ class AuditedHooks(PolicyHooks):
             return refusal
         outcome = self.outcome
         assert isinstance(outcome, Decision)
-        if name in self._statements or len(self._statements) < MAX_STATEMENTS or not name:
-            self._statements[name] = _Prepared(self._text(sql), self.fingerprint, outcome)
+        if name and name not in self._statements and len(self._statements) >= MAX_STATEMENTS:
+            refusal = Refusal(
+                SQLSTATE_TOO_MANY,
+                f"pgwarden: more than {MAX_STATEMENTS} prepared statements are open in this "
+                "session; close some (the audit trail records each one's text)",
+            )
+            self.outcome = refusal
+            self._refused("extended", sql, refusal, len(sql) + len(name) + 7)
+            return refusal
+        self._statements[name] = _Prepared(self._text(sql), self.fingerprint, outcome)
         return None
+
+    def on_close_message(self, kind: bytes, name: bytes) -> None:
+        if kind == b"S":
+            self._statements.pop(name, None)
+        elif kind == b"P":
+            self._portals.pop(name, None)
 
     def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> None:
         prepared = self._statements.get(statement)
@@ -194,13 +210,15 @@ class AuditedHooks(PolicyHooks):
             prepared = _Prepared(f"<prepared statement {statement!r}>", "", self.outcome
                                  if isinstance(self.outcome, Decision) else _UNKNOWN)
         params = self._parameters(body) if self._record_parameters else None
-        self._portals[portal] = (prepared, params, len(body) + 5)
+        relay = self._relay
+        batch = relay.next_request if relay is not None else 0
+        self._portals[portal] = (prepared, params, len(body) + 5, batch)
 
     def on_execute(self, portal: bytes) -> None:
         bound = self._portals.get(portal)
         if bound is None:
             return  # the server will answer with an error; nothing runs
-        prepared, params, size = bound
+        prepared, params, size, _ = bound
         relay = self._relay
         pending = _Pending(
             "extended", prepared.text, prepared.fingerprint, prepared.decision,
@@ -248,6 +266,12 @@ class AuditedHooks(PolicyHooks):
 
     def on_ready(self, status: int) -> None:
         relay = self._relay
+        if status == _IDLE and self._portals and relay is not None:
+            # Portals end with their transaction: those bound in a batch that has now
+            # ended outside a transaction are gone (later ones may still be executed).
+            done = relay.current_batch - 1
+            for name in [n for n, b in self._portals.items() if b[3] <= done]:
+                del self._portals[name]
         # called after the relay counted this ReadyForQuery
         ended = relay.current_batch - 1 if relay is not None else 0
         pending = self._pending
@@ -371,6 +395,7 @@ class AuditedHooks(PolicyHooks):
         return out
 
 
+_IDLE = ord("I")
 # A portal bound to a statement this session's trail does not know (see on_bind).
 _UNKNOWN = Decision(Action.ALLOW, "unknown")
 # Refused before any rule could be applied: text not UTF-8, or a session pgwarden cannot

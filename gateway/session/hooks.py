@@ -80,6 +80,10 @@ class SessionHooks:
     def on_execute(self, portal: bytes) -> None:
         """An Execute (``tracks_results``)."""
 
+    def on_close_message(self, kind: bytes, name: bytes) -> None:
+        """A Close of a prepared statement (``b"S"``) or portal (``b"P"``)
+        (``tracks_results``)."""
+
     def on_complete(self, tag: bytes) -> None:
         """CommandComplete (its tag), EmptyQueryResponse (``b""``) or PortalSuspended
         (``b"SUSPENDED"``) from the server (``tracks_results``)."""

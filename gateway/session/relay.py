@@ -52,10 +52,11 @@ from gateway.wire.states import (
     next_phase,
 )
 
-_Q, _P, _F, _X, _B, _EXECUTE = (ord(c) for c in "QPFXBE")
+_Q, _P, _F, _X, _B, _EXECUTE, _CLOSE = (ord(c) for c in "QPFXBEC")
 _Z, _PARAM_STATUS, _ERROR = ord("Z"), ord("S"), ord("E")
 _COMPLETE, _EMPTY, _SUSPENDED = ord("C"), ord("I"), ord("s")
 _REFUSED_PREFIX = "pgwarden_refused_"
+_MAX_REFUSED_NAMES = 10000
 # The error PostgreSQL raises for our replacement: the prepared statement does not exist.
 _UNDEFINED_PSTATEMENT = b"C26000\x00"
 
@@ -77,7 +78,7 @@ _BACKEND_PASSIVE = action_table(watch=b"GHWcS" + _invalid_types(BACKEND_TYPES), 
 _BACKEND_READY = action_table(watch=b"ZGHWcS" + _invalid_types(BACKEND_TYPES))
 # Results tracked (audit): Bind and Execute, and every way the server ends a statement.
 _FRONTEND_TRACK = action_table(
-    watch=b"QPFXBE" + _invalid_types(FRONTEND_TYPES), request=b"S"
+    watch=b"QPFXBEC" + _invalid_types(FRONTEND_TYPES), request=b"S"
 )
 _BACKEND_TRACK = action_table(watch=b"ZGHWcSCEIs" + _invalid_types(BACKEND_TYPES))
 
@@ -255,7 +256,12 @@ class Relay:
                 if self._refused_names:
                     self._forget_refused(name)
                 return None
-            self._refused_names[name] = refusal
+            names = self._refused_names
+            if len(names) >= _MAX_REFUSED_NAMES:
+                # Forgetting one is safe: the server never created it (the refused Parse
+                # was replaced); a Bind of it fails there, or binds the older, allowed one.
+                del names[next(iter(names))]
+            names[name] = refusal
             self._frontend.actions[_B] = ACT_WATCH
             return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
         if msg_type == _B:
@@ -268,6 +274,10 @@ class Relay:
             return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
         if msg_type == _EXECUTE:  # only watched when results are tracked
             hooks.on_execute(_execute_portal(body))
+            return None
+        if msg_type == _CLOSE:  # only watched when results are tracked
+            if len(body) >= 2 and body[-1] == 0:
+                hooks.on_close_message(bytes(body[:1]), bytes(body[1:-1]))
             return None
         if msg_type == _F:
             refusal = hooks.on_function_call(body)

@@ -6,6 +6,8 @@ tests/e2e/test_audit.py shows the same trail end to end, through real clients.
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.audit.events import Event, StatementEvent
 from gateway.policy.baseline import BASELINE
 from gateway.policy.cache import DecisionCache
@@ -140,3 +142,34 @@ def test_statements_in_flight_when_the_session_ends_are_recorded() -> None:
 def test_rows_of_command_tags() -> None:
     assert [rows_of(t) for t in ("INSERT 0 5", "UPDATE 3", "SELECT 0", "COPY 10", "BEGIN",
                                  "")] == [5, 3, 0, 10, None, None]
+
+
+def test_bind_then_execute_after_an_earlier_batch_ended_is_recorded() -> None:
+    relay, _, events = make()
+    relay.client_data(parse("s", "SELECT 1") + bind("", "s") + EXECUTE + SYNC)
+    relay.client_data(bind("p2", "s"))  # bound now, executed after the first batch ends
+    relay.server_data(msg(b"1") + msg(b"2") + msg(b"C", cstr("SELECT 1")) + Z_IDLE)
+    relay.client_data(msg(b"E", cstr("p2") + b"\x00\x00\x00\x00") + SYNC)
+    relay.server_data(msg(b"2") + msg(b"C", cstr("SELECT 1")) + Z_IDLE)
+    assert [e.text for e in statements(events)] == ["SELECT 1", "SELECT 1"]
+
+
+def test_open_statements_are_bounded_and_close_frees_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gateway.session.audit as audit_mod
+
+    monkeypatch.setattr(audit_mod, "MAX_STATEMENTS", 3)
+    relay, server, events = make()
+    for name in ("a", "b", "c"):
+        relay.client_data(parse(name, f"SELECT '{name}'"))
+    relay.client_data(parse("d", "SELECT 'd'"))
+    (ev,) = statements(events)
+    assert (ev.sqlstate, ev.text) == ("54000", "SELECT 'd'")
+    assert replacement_name(server.bytes())
+    relay.client_data(msg(b"C", b"S" + cstr("a")))  # Close frees a slot
+    relay.client_data(parse("d", "SELECT 'd'"))
+    assert len(events) == 1
+    relay.client_data(bind("", "d") + EXECUTE + SYNC)
+    relay.server_data(msg(b"2") + msg(b"C", cstr("SELECT 1")) + Z_IDLE)
+    assert statements(events)[-1].text == "SELECT 'd'"
