@@ -83,9 +83,23 @@ def start_gateway(
 
 
 @pytest.fixture(scope="session")
-def gateway(start_gateway: Callable[..., Gateway]) -> Gateway:
-    """The shared gateway: 2 workers, TLS available, plaintext allowed on loopback."""
-    return start_gateway()
+def gateway(
+    start_gateway: Callable[..., Gateway], tmp_path_factory: pytest.TempPathFactory
+) -> Gateway:
+    """The shared gateway: 2 workers, TLS available, plaintext allowed on loopback, the
+    baseline policy for a read-write role, and the signed audit log on (so that every
+    client of the compatibility matrix also runs through the audit trail)."""
+    from gateway.audit.keys import generate_key
+
+    audit_dir = tmp_path_factory.mktemp("shared-audit")
+    generate_key(audit_dir / "audit.key")
+    audit = (
+        f'[audit]\nspool_dir = "{audit_dir / "spool"}"\n'
+        f'signing_key_file = "{audit_dir / "audit.key"}"\n'
+    )
+    gw = start_gateway(audit=audit)
+    gw.extra["audit_dir"] = audit_dir
+    return gw
 
 
 @pytest.fixture(scope="session")
