@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +23,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.audit import SourcedRecord, StatementEvent, Verifier, load_public_keys
+from gateway.audit import (
+    SourcedRecord,
+    StatementEvent,
+    StatementStartEvent,
+    Verifier,
+    load_public_keys,
+)
 from gateway.audit.kafka import read_topic
 from gateway.audit.keys import generate_key
 from gateway.devcluster import PgCluster
@@ -132,3 +140,39 @@ def test_kafka_outage_under_pgbench_load_loses_nothing(
         assert "Kafka" in gw.log() or "kafka" in gw.log()
     finally:
         broker.stop()
+
+
+def test_worker_killed_under_load_its_successor_ships_the_rest(
+    start_gateway: Callable[..., Gateway], kafka: KafkaBroker, pg: PgCluster, tmp_path: Path
+) -> None:
+    topic = "audit-kill9"
+    kafka.create_topic(topic, partitions=1)
+    section, pub = audit_section(tmp_path, kafka.bootstrap, topic)
+    section = section.replace("[audit]\n", '[audit]\nmode = "strict"\n', 1)
+    gw = start_gateway(workers=1, audit=section)
+    db = pgbench_database(pg)
+    bench = subprocess.Popen(
+        ["pgbench", "-S", "-M", "prepared", "-c", "2", "-T", "6", "-n", db],
+        env=gw.env(sslmode="disable"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    (child,) = gw.children()
+    os.kill(child, signal.SIGKILL)  # mid-load: its chain is left open
+    bench.communicate(timeout=60)  # pgbench's sessions on that worker die with it
+    deadline = time.time() + 20
+    while time.time() < deadline and gw.children() in ([], [child]):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    with psycopg.connect(gw.dsn(sslmode="disable"), autocommit=True) as conn:
+        conn.execute("select 'after the crash'")
+    assert gw.stop() == 0
+    report, events = verify_topic(kafka.bootstrap, topic, pub)
+    # The dead epoch is unclosed (a warning: its successor's signed link confirms where
+    # it ended) and nothing is missing from it.
+    assert report.ok, report.summary()
+    assert any("unclosed" in str(w) for w in report.warnings), report.summary()
+    starts = [e for e in events if isinstance(e, StatementStartEvent)]
+    assert len(starts) > 100
+    assert any(isinstance(e, StatementEvent) and e.text == "select 'after the crash'"
+               for e in events)
