@@ -1,4 +1,5 @@
-"""Build of the optional C header walk (gateway/wire/_speedups.c).
+"""Build of the optional C parts: the header walk (gateway/wire/_speedups.c) and the
+statement shape (gateway/sql/_shape.c).
 
 Everything else is in pyproject.toml. The extension is optional: if it cannot be
 compiled, pgwarden runs the pure-Python walk in gateway/wire/scan.py with the same
@@ -14,6 +15,12 @@ setup(
             ["gateway/wire/_speedups.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "gateway.sql._shape",
+            ["gateway/sql/_shape.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

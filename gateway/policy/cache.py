@@ -9,7 +9,13 @@ some rule is scoped by them, plus the default action):
    literals), so this serves the common case with one dict lookup. Texts longer than
    ``EXACT_KEY_CHARS`` are keyed by their BLAKE2b digest instead, so a few huge
    statements cannot pin megabytes. Bounded; when full it starts a new generation.
-2. **Normalized statement** — an LRU keyed by a 128-bit BLAKE2b digest of
+2. **Shape** — for texts in the safe subset of ``gateway.sql.shape`` (no comments,
+   quoting tricks or escapes), a dict keyed by the text with its string and number
+   constants masked, computed in C without parsing: the simple query protocol's
+   ``WHERE aid = 48213`` stream is decided without running the parser per statement.
+   Equal shapes imply equal normalized statements (shape.py; tests/sql/test_shape.py),
+   and only entries of tier 3 — never literal-sensitive ones — are stored here.
+3. **Normalized statement** — an LRU keyed by a 128-bit BLAKE2b digest of
    ``gateway.sql.normalize(sql)`` (the text with every constant replaced by ``$n``), so
    ``WHERE id = 1`` and ``WHERE id = 2`` share one decision.
 
@@ -46,6 +52,7 @@ from typing import TYPE_CHECKING
 from gateway.policy.engine import Policy, analyze_or_decision, decide
 from gateway.policy.model import Decision, DecisionContext
 from gateway.sql import Analysis, SqlSyntaxError, normalize
+from gateway.sql.shape import shape, variant
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -67,6 +74,7 @@ class CacheStats:
     version: int
     session_hits: int  # served by a session's own memo of its allowed texts
     exact_hits: int
+    shape_hits: int
     normalized_hits: int
     misses: int
     uncacheable: int
@@ -75,7 +83,7 @@ class CacheStats:
 
     @property
     def hits(self) -> int:
-        return self.session_hits + self.exact_hits + self.normalized_hits
+        return self.session_hits + self.exact_hits + self.shape_hits + self.normalized_hits
 
 
 def normalized_digest(sql: str) -> bytes:
@@ -101,8 +109,8 @@ class DecisionCache:
     """
 
     __slots__ = (
-        "_exact", "_exact_size", "_lru", "_lru_size", "exact_hits", "misses",
-        "normalized_hits", "policy", "session_hits", "uncacheable", "version",
+        "_exact", "_exact_size", "_lru", "_lru_size", "_shapes", "exact_hits", "misses",
+        "normalized_hits", "policy", "session_hits", "shape_hits", "uncacheable", "version",
     )
 
     def __init__(self, policy: Policy, size: int = 10000, exact_size: int = 10000) -> None:
@@ -112,6 +120,9 @@ class DecisionCache:
         self._exact_size = exact_size
         self._exact: dict[Hashable, Entry] = {}
         self._lru: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._shapes: dict[Hashable, Entry] = {}
+        #: Served by the shape tier (constants masked without parsing).
+        self.shape_hits = 0
         #: Counted by the sessions (gateway.session.policy) that serve from their memo.
         self.session_hits = 0
         self.exact_hits = 0
@@ -128,10 +139,16 @@ class DecisionCache:
         """The decision for ``sql`` in this context, from the cache or freshly made."""
         return self.decide_with_fingerprint(ctx, sql)[0]
 
-    def decide_with_fingerprint(self, ctx: DecisionContext, sql: str) -> Entry:
+    def decide_with_fingerprint(
+        self, ctx: DecisionContext, sql: str, raw: bytes | None = None
+    ) -> Entry:
         """``(decision, pglast fingerprint)`` — the fingerprint for the audit record, ""
         for SQL that does not parse. It is computed once per statement shape (on a miss):
-        texts with the same normalized form have the same fingerprint."""
+        texts with the same normalized form have the same fingerprint.
+
+        ``raw`` is the text as received (UTF-8), when the caller has it: then texts that
+        differ only in constants are served from the shape tier without parsing
+        (``gateway.sql.shape``)."""
         policy = self.policy
         scope = (self.version, *policy.scope_key(ctx))
         text_key = (scope, sql if len(sql) <= EXACT_KEY_CHARS else _text_digest(sql))
@@ -139,6 +156,16 @@ class DecisionCache:
         if entry is not None:
             self.exact_hits += 1
             return entry
+
+        shape_key: tuple[Hashable, bytes, bytes] | None = None
+        if raw is not None and len(raw) <= EXACT_KEY_CHARS:
+            masked = shape(raw)
+            if masked is not None:
+                shape_key = (scope, masked, raw)
+                entry = self._shapes.get(shape_key[:2])
+                if entry is not None:
+                    self.shape_hits += 1
+                    return entry
 
         try:
             norm_key: Hashable | None = (scope, normalized_digest(sql))
@@ -148,6 +175,8 @@ class DecisionCache:
             self._lru.move_to_end(norm_key)
             self.normalized_hits += 1
             self._remember_text(text_key, entry)
+            if shape_key is not None:
+                self._remember_shape(shape_key, entry)
             return entry
 
         self.misses += 1
@@ -163,8 +192,33 @@ class DecisionCache:
                     self._lru[norm_key] = entry
                     if len(self._lru) > self._lru_size:
                         self._lru.popitem(last=False)
+                    if shape_key is not None:
+                        self._remember_shape(shape_key, entry)
         self._remember_text(text_key, entry)
         return entry
+
+    def _remember_shape(self, key: tuple[Hashable, bytes, bytes], entry: Entry) -> None:
+        """Store under the text's shape, if the shape determines its normalized form.
+
+        Only entries of the normalized tier come here (never a literal-sensitive one).
+        The shape masks every plain constant, normalization only some (not the options
+        of utility statements: ``EXPLAIN (ANALYZE 0)`` and ``(ANALYZE 1)`` are different
+        statements): a variant of the text with every masked constant changed must
+        normalize to the same text, or the shape is not used for it.
+        """
+        if self._lru_size <= 0:
+            return
+        scope, masked, raw = key
+        other = variant(raw)
+        try:
+            if other is None or normalize(other.decode()) != normalize(raw.decode()):
+                return
+        except (SqlSyntaxError, UnicodeDecodeError):
+            return
+        shapes = self._shapes
+        if len(shapes) >= self._lru_size:
+            shapes.clear()  # a new generation, as for the exact tier
+        shapes[(scope, masked)] = entry
 
     def _remember_text(self, key: Hashable, entry: Entry) -> None:
         if self._exact_size <= 0:
@@ -191,11 +245,13 @@ class DecisionCache:
         self.version += 1
         self._exact.clear()
         self._lru.clear()
+        self._shapes.clear()
         return self.version
 
     def stats(self) -> CacheStats:
         return CacheStats(
-            self.version, self.session_hits, self.exact_hits, self.normalized_hits, self.misses,
+            self.version, self.session_hits, self.exact_hits, self.shape_hits,
+            self.normalized_hits, self.misses,
             self.uncacheable, len(self._exact), len(self._lru),
         )
 

@@ -184,6 +184,7 @@ class WorkerContext:
             "decision_cache": {
                 "session_hits": cache.session_hits,
                 "exact_hits": cache.exact_hits,
+                "shape_hits": cache.shape_hits,
                 "normalized_hits": cache.normalized_hits,
                 "misses": cache.misses,
                 "uncacheable": cache.uncacheable,

@@ -111,7 +111,7 @@ class PolicyHooks(SessionHooks):
                 f"invalid byte sequence for encoding UTF8 at byte {exc.start}: "
                 "pgwarden inspects statements as UTF-8",
             ), ""
-        return self._cache.decide_with_fingerprint(self.context(), text)
+        return self._cache.decide_with_fingerprint(self.context(), text, sql)
 
     def _verdict(self, outcome: Decision | Refusal, what: str) -> Refusal | None:
         if isinstance(outcome, Refusal):
@@ -137,12 +137,15 @@ class PolicyHooks(SessionHooks):
             self._cache.session_hits += 1
             self.outcome, self.fingerprint = memo
             return None
+        shape_hits = self._cache.shape_hits
         outcome, self.fingerprint = self.decide(sql)
         self.outcome = outcome
         if isinstance(outcome, Decision) and outcome.allowed and not outcome.observed:
-            if len(self._allowed) >= _ALLOWED_MEMO:
-                self._allowed.clear()
-            if len(sql) <= _ALLOWED_MEMO_TEXT:
+            # A text served by its shape has constants that change from statement to
+            # statement (simple protocol): remembering it would only churn the memo.
+            if len(sql) <= _ALLOWED_MEMO_TEXT and self._cache.shape_hits == shape_hits:
+                if len(self._allowed) >= _ALLOWED_MEMO:
+                    self._allowed.clear()
                 self._allowed[sql] = (outcome, self.fingerprint)
             return None
         return self._verdict(outcome, what)

@@ -1,0 +1,3 @@
+"""Types of the optional C statement shape; see gateway/sql/shape.py for its contract."""
+
+def shape(raw: bytes) -> bytes | None: ...
