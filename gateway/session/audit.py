@@ -217,7 +217,11 @@ class AuditedHooks(PolicyHooks):
     def on_execute(self, portal: bytes) -> None:
         bound = self._portals.get(portal)
         if bound is None:
-            return  # the server will answer with an error; nothing runs
+            # Not bound through this session's Binds: a SQL cursor (DECLARE c CURSOR ...
+            # shares the portal namespace), or a name the server will reject. Recorded
+            # either way: if it runs, it fetches rows.
+            name = portal.decode("utf-8", "replace")
+            bound = (_Prepared(f"<execute portal {name!r}>", "", _CURSOR), None, 0, 0)
         prepared, params, size, _ = bound
         relay = self._relay
         pending = _Pending(
@@ -396,6 +400,8 @@ class AuditedHooks(PolicyHooks):
 
 
 _IDLE = ord("I")
+# Execute of a portal that is a SQL cursor (its DECLARE was decided and recorded).
+_CURSOR = Decision(Action.ALLOW, "cursor")
 # A portal bound to a statement this session's trail does not know (see on_bind).
 _UNKNOWN = Decision(Action.ALLOW, "unknown")
 # Refused before any rule could be applied: text not UTF-8, or a session pgwarden cannot

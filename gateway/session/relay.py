@@ -307,7 +307,8 @@ class Relay:
 
     def _forget_refused(self, name: bytes) -> None:
         self._refused_names.pop(name, None)
-        if not self._refused_names:
+        if not self._refused_names and not self._track:
+            # (with results tracked, Bind stays watched: the audit trail needs it)
             self._frontend.actions[_B] = ACT_PASS
 
     @property

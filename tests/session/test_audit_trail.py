@@ -172,4 +172,20 @@ def test_open_statements_are_bounded_and_close_frees_them(
     assert len(events) == 1
     relay.client_data(bind("", "d") + EXECUTE + SYNC)
     relay.server_data(msg(b"2") + msg(b"C", cstr("SELECT 1")) + Z_IDLE)
-    assert statements(events)[-1].text == "SELECT 'd'"
+    last = statements(events)[-1]
+    # the execution, not the earlier refusal: Bind stays watched after a refused name
+    # is cleared
+    assert (last.text, last.sqlstate, last.rows) == ("SELECT 'd'", "", 1)
+
+
+def test_execute_of_a_sql_cursor_portal_is_recorded() -> None:
+    relay, _, events = make()
+    relay.client_data(msg(b"Q", cstr("BEGIN; DECLARE c CURSOR FOR SELECT * FROM t")))
+    relay.server_data(msg(b"C", cstr("BEGIN")) + msg(b"C", cstr("DECLARE CURSOR"))
+                      + msg(b"Z", b"T"))
+    relay.client_data(msg(b"E", cstr("c") + b"\x00\x00\x00\x0a") + SYNC)
+    relay.server_data(msg(b"D", b"\x00\x00") + msg(b"s") + msg(b"Z", b"T"))
+    evs = statements(events)
+    assert [e.text for e in evs] == ["BEGIN; DECLARE c CURSOR FOR SELECT * FROM t",
+                                     "<execute portal 'c'>"]
+    assert evs[1].rule_ids == ["cursor"] and evs[1].command_tag == "SUSPENDED"
