@@ -45,10 +45,14 @@ _QUOTE = 0x27  # '
 _DOT = 0x2E  # .
 
 
-def shape_py(raw: bytes) -> bytes | None:
-    """The reference implementation (see the module docstring)."""
+_STRING, _NUMBER, _OTHER = 0, 1, 2
+
+
+def _tokens(raw: bytes) -> list[tuple[int, int, int]] | None:
+    """``raw`` cut into (kind, start, end) pieces: string constants, plain number
+    constants, and runs of everything else; ``None`` outside the safe subset."""
     n = len(raw)
-    out = bytearray()
+    out: list[tuple[int, int, int]] = []
     i = 0
     while i < n:
         c = raw[i]
@@ -62,7 +66,7 @@ def shape_py(raw: bytes) -> bytes | None:
                 j += 1
             if j >= n or (j + 1 < n and raw[j + 1] == _QUOTE):
                 return None
-            out += b"'?'"
+            out.append((_STRING, i, j + 1))
             i = j + 1
             continue
         if c not in _SAFE:
@@ -86,15 +90,21 @@ def shape_py(raw: bytes) -> bytes | None:
                     plain = False
             if j < n and (raw[j] in _IDENT or raw[j] == _DOT or raw[j] == _QUOTE):
                 plain = False
-            if plain:
-                out.append(0x3F)  # ?
-            else:
-                out += raw[i:j]
+            out.append((_NUMBER if plain else _OTHER, i, j))
             i = j
             continue
-        out.append(c)
+        out.append((_OTHER, i, i + 1))
         i += 1
-    return bytes(out)
+    return out
+
+
+def shape_py(raw: bytes) -> bytes | None:
+    """The reference implementation (see the module docstring)."""
+    tokens = _tokens(raw)
+    if tokens is None:
+        return None
+    masks = {_STRING: b"'?'", _NUMBER: b"?"}
+    return b"".join(masks.get(kind) or raw[a:b] for kind, a, b in tokens)
 
 
 def variant(raw: bytes) -> bytes | None:
@@ -108,43 +118,20 @@ def variant(raw: bytes) -> bytes | None:
     equals that of ``raw``: then every masked constant is one normalization replaces,
     whatever its value, and texts of that shape share one normalized statement.
     """
-    if shape_py(raw) is None:
+    tokens = _tokens(raw)
+    if tokens is None:
         return None
-    n = len(raw)
     out = bytearray()
-    i = 0
-    while i < n:
-        c = raw[i]
-        if c == _QUOTE:
-            j = raw.index(_QUOTE, i + 1)
-            body = raw[i + 1 : j]
-            out += b"'" + (b"pgw" if body != b"pgw" else b"pgx") + b"'"
-            i = j + 1
-            continue
-        if c in _DIGITS and (i == 0 or (raw[i - 1] not in _IDENT and raw[i - 1] != _DOT)):
-            j = i
-            while j < n and raw[j] in _DIGITS:
-                j += 1
-            plain = True
-            if j < n and raw[j] == _DOT:
-                if j + 1 < n and raw[j + 1] in _DIGITS:
-                    j += 1
-                    while j < n and raw[j] in _DIGITS:
-                        j += 1
-                else:
-                    plain = False
-            if j < n and (raw[j] in _IDENT or raw[j] == _DOT or raw[j] == _QUOTE):
-                plain = False
-            token = raw[i:j]
-            if plain:
-                head = b"8" if token.startswith(b"7") else b"7"
-                out += head + (b".5" if b"." in token else b"")
-            else:
-                out += token
-            i = j
-            continue
-        out.append(c)
-        i += 1
+    for kind, a, b in tokens:
+        token = raw[a:b]
+        if kind == _STRING:
+            out += b"'pgx'" if token == b"'pgw'" else b"'pgw'"
+        elif kind == _NUMBER:
+            out += b"8" if token.startswith(b"7") else b"7"
+            if b"." in token:
+                out += b".5"
+        else:
+            out += token
     return bytes(out)
 
 
