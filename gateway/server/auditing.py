@@ -15,7 +15,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from gateway.audit.events import Event, PolicyReloadEvent
+from gateway.audit.events import PolicyReloadEvent
 from gateway.audit.keys import load_signing_key
 from gateway.audit.writer import AuditWriter
 
@@ -100,9 +100,4 @@ def build(config: Config, worker_id: int) -> AuditRuntime | None:
     return AuditRuntime(cfg, gateway_id(config), worker_id)
 
 
-def emit_safely(runtime: AuditRuntime | None, event: Event) -> None:
-    if runtime is not None:
-        runtime.emit(event)
-
-
-__all__ = ["SQLSTATE_AUDIT_FULL", "AuditRuntime", "build", "emit_safely", "gateway_id"]
+__all__ = ["SQLSTATE_AUDIT_FULL", "AuditRuntime", "build", "gateway_id"]
