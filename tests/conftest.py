@@ -12,23 +12,20 @@ for it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.devcluster import PgCluster, free_port, make_self_signed_cert
+from gateway.devcluster import PgCluster, make_self_signed_cert
 from gateway.devkafka import KafkaBroker
 from tests.support import (
     DATABASE,
     UPSTREAM_PASSWORD,
     UPSTREAM_USER,
     Gateway,
-    wait_listening,
-    write_config,
+    spawn_gateway,
 )
 
 
@@ -59,22 +56,8 @@ def start_gateway(
     cert, key = tls_files
 
     def start(**options: Any) -> Gateway:
-        base = tmp_path_factory.mktemp("gw")
-        password_file = base / "upstream-password"
-        password_file.write_text(UPSTREAM_PASSWORD + "\n")
-        password_file.chmod(0o600)
-        port = free_port()
-        config_path = base / "pgwarden.toml"
-        write_config(config_path, pg, port, cert, key, password_file, **options)
-        log_path = base / "pgwarden.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_path)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        gw = Gateway(proc, port, config_path, log_path, cert)
+        gw = spawn_gateway(tmp_path_factory.mktemp("gw"), pg, cert, key, **options)
         started.append(gw)
-        wait_listening(port, proc, log_path)
         return gw
 
     yield start
