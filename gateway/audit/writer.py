@@ -322,9 +322,26 @@ class AuditWriter:
             assert self._loop is not None
             self._task = self._loop.create_task(self._drain())
 
+    def _due(self) -> bool:
+        """Whether what is pending must be written now rather than when the timer fires:
+        a full batch, someone waiting for durability (strict mode, ``flush``), records a
+        failed append left behind, or closing."""
+        return bool(
+            self._retry or self._waiters or self._closing
+            or len(self._pending) >= self._flush_events
+        )
+
     async def _drain(self) -> None:
         assert self._loop is not None and self.chain is not None and self.spool is not None
-        while self._pending or self._retry:
+        # The first pass writes whatever is pending (the timer fired, or a batch filled, or
+        # someone waits). Later passes only when that is still so: events that arrived
+        # during an fsync otherwise wait for their own timer (set by emit), so that under
+        # steady async load a batch is ``flush_events`` events or ``flush_interval`` long,
+        # not whatever trickled in during one fsync (each batch costs an fsync, a Kafka
+        # round trip and an acknowledgement).
+        first = True
+        while (self._pending or self._retry) and (first or self._due()):
+            first = False
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -348,6 +365,8 @@ class AuditWriter:
                 log.warning("audit: spool writes work again; %d held events written", events)
                 self._failed = None
             self._written(records, events)
+        if self._pending and self._timer is None and not self._closing:
+            self._timer = self._loop.call_later(self._flush_interval, self._flush_soon)
 
     def _seal_pending(self, chain: Chain) -> tuple[list[bytes], int]:
         """Seal what is pending (after any records a failed append left) into batches of
