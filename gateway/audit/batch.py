@@ -31,7 +31,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from nacl.signing import SigningKey
@@ -113,6 +113,13 @@ class Batch(BatchHeader, kw_only=True, frozen=True, gc=False):
     """A whole payload."""
 
     events: list[Event]
+
+
+class _Sealing(BatchHeader, kw_only=True, frozen=True, gc=False):
+    """A payload being sealed: the same members as :class:`Batch`, whose events may also
+    be already encoded (:class:`msgspec.Raw`, as the session audit trail writes them)."""
+
+    events: list[Any]
 
 
 class SourcedRecord(NamedTuple):
@@ -253,7 +260,7 @@ class Chain:
         self._key_id_raw = bytes.fromhex(self.key_id)
         self._clock = clock
 
-    def seal(self, events: Sequence[Event], kind: Kind = "data") -> bytes:
+    def seal(self, events: Sequence[Event | msgspec.Raw], kind: Kind = "data") -> bytes:
         """Encode and sign the next batch of the chain; returns the record bytes."""
         if self.closed:
             raise ChainClosed(f"epoch {self.epoch} is closed; no batch may follow its close")
@@ -262,7 +269,7 @@ class Chain:
                 "the first batch of an epoch must be 'open', and only the first"
                 f" (seq {self.seq}, kind {kind!r})"
             )
-        batch = Batch(
+        batch = _Sealing(
             version=FORMAT_VERSION,
             schema=SCHEMA_VERSION,
             gateway=self.gateway_id,

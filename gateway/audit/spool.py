@@ -10,7 +10,8 @@ Layout: ``<spool_dir>/<gateway>/worker-<n>/`` holds
   ``length (u32 BE) | CRC-32 of the record (u32 BE) | record``. ``<base>`` (20 digits) is
   the segment's first *position*: positions number the bytes of the chain's spool since it
   was created, across segments, so a position never repeats and survives restarts.
-- ``ack``: the position up to which a transport has acknowledged, replaced atomically.
+- ``ack``: the position up to which a transport has acknowledged (20 decimal digits and a
+  newline, rewritten in place, not fsynced: see :meth:`Spool.ack`).
 - ``lock``: ``flock``-ed while a process owns the chain, so two processes never append
   to the same chain.
 
@@ -54,6 +55,8 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from gateway.audit.batch import HEADER_BYTES, TRAILER_BYTES, SourcedRecord, partition_key
+
+_ACK_BYTES = 21  # "%020d\n"
 
 __all__ = [
     "MIN_RECORD_BYTES",
@@ -219,6 +222,7 @@ class Spool:
         self._state = threading.Lock()  # segments, sizes, end, acked, last record
         self._append_lock = threading.Lock()  # one append at a time
         self._ack_lock = threading.Lock()  # one ack file write at a time
+        self._ack_fd: int | None = None
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # open for appending to the last segment
         self._last_record: bytes | None = None
@@ -500,16 +504,15 @@ class Spool:
                 end = self._segments[-1].base + self._segments[-1].size if self._segments else 0
                 if position > end:
                     raise ValueError(f"ack({position}) is beyond the spool's end ({end})")
-            path = self.directory / "ack"
-            tmp = self.directory / "ack.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                _write_all(fd, f"{position}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(self.directory)
+            # Rewritten in place and not fsynced: an acknowledgement lost to a crash only
+            # means its records are sent again, and consumers drop exact duplicates (an
+            # unreadable file is read as "nothing acknowledged"). Fsyncing it would cost
+            # more than the batch it acknowledges.
+            if self._ack_fd is None:
+                self._ack_fd = os.open(self.directory / "ack", os.O_WRONLY | os.O_CREAT, 0o600)
+                os.ftruncate(self._ack_fd, _ACK_BYTES)
+            if os.pwrite(self._ack_fd, b"%020d\n" % position, 0) != _ACK_BYTES:
+                raise SpoolError(f"short write to {self.directory / 'ack'}")
             with self._state:
                 self._acked = position
                 doomed: list[_Segment] = []
@@ -530,6 +533,9 @@ class Spool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._ack_fd is not None:
+            os.close(self._ack_fd)
+            self._ack_fd = None
         os.close(self._lock_fd)
 
 

@@ -96,7 +96,7 @@ class AuditWriter:
         self._flush_events = cfg.flush_events
         self._flush_interval = cfg.flush_interval
         self._fail_open = cfg.on_spool_full == "fail_open"
-        self._pending: list[Event] = []
+        self._pending: list[Event | msgspec.Raw] = []
         self._emitted = 0  # events ever queued
         self._durable = 0  # of those, fsynced
         self._batches = 0
@@ -259,14 +259,16 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ hot path
 
-    def emit(self, event: Event) -> None:
-        """Queue ``event`` for the next batch. Cheap and synchronous; never raises."""
+    def emit(self, event: Event | msgspec.Raw) -> None:
+        """Queue ``event`` for the next batch. Cheap and synchronous; never raises.
+
+        ``event`` is an event Struct, or one already encoded as JSON (``msgspec.Raw``)."""
         if self._closing:
             self._dropped += 1
             log.error("audit: event emitted after close() is LOST: %r", event)
             return
         if self._fail_open and self.spool is not None and self.spool.full:
-            self._drop(event.at)
+            self._drop(self._clock() if isinstance(event, msgspec.Raw) else event.at)
             return
         pending = self._pending
         if self._dropped_pending:
@@ -388,7 +390,7 @@ class AuditWriter:
                     records.append(chain.seal(good))
         return records, events + len(pending)
 
-    def _encodable(self, event: Event) -> bool:
+    def _encodable(self, event: Event | msgspec.Raw) -> bool:
         try:
             _probe_encoder.encode(event)
         except (TypeError, ValueError):

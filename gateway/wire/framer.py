@@ -161,6 +161,9 @@ class Framer:
             return None
         out: list[Chunk] = []
         self._feed_from(data, pos, stop, end, 0, out)
+        if len(out) == 1 and out[0] is data:
+            # Watched messages, none replaced: still one write of the same object.
+            return None
         return out
 
     def _feed_carried(self, data: bytes) -> list[Chunk]:

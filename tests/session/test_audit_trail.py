@@ -6,6 +6,7 @@ tests/e2e/test_audit.py shows the same trail end to end, through real clients.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from gateway.audit.events import Event, StatementEvent
@@ -23,9 +24,23 @@ INFO = SessionInfo("s1", "ci", "repo:acme/etl", "etl-client", "etl", "app", "app
 Z_IDLE = msg(b"Z", b"I")
 
 
+_decoder = msgspec.json.Decoder(Event)
+#: Every member of a statement event, as the audit format documents them.
+STATEMENT_MEMBERS = {"type", *(f.encode_name for f in msgspec.structs.fields(StatementEvent))}
+
+
 def make(**kw: bool) -> tuple[Relay, Sink, list[Event]]:
     events: list[Event] = []
-    hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {}, events.append, **kw)
+
+    def emit(event: Event | msgspec.Raw) -> None:
+        if isinstance(event, msgspec.Raw):
+            # Written already encoded: it must be a complete statement event.
+            members = msgspec.json.decode(event)
+            assert set(members) == STATEMENT_MEMBERS, set(members) ^ STATEMENT_MEMBERS
+            event = _decoder.decode(event)
+        events.append(event)
+
+    hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {}, emit, **kw)
     client, server = Sink(), Sink()
     relay = Relay(client, server, hooks)
     return relay, server, events
