@@ -1,5 +1,6 @@
-"""Build of the optional C parts: the header walk (gateway/wire/_speedups.c) and the
-statement shape (gateway/sql/_shape.c).
+"""Build of the optional C parts: the header walk (gateway/wire/_speedups.c), the
+statement shape (gateway/sql/_shape.c) and the audit trail's fast path
+(gateway/session/_trail.c).
 
 Everything else is in pyproject.toml. The extension is optional: if it cannot be
 compiled, pgwarden runs the pure-Python walk in gateway/wire/scan.py with the same
@@ -13,6 +14,12 @@ setup(
         Extension(
             "gateway.wire._speedups",
             ["gateway/wire/_speedups.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "gateway.session._trail",
+            ["gateway/session/_trail.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

@@ -29,16 +29,18 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from gateway.audit.events import Event, StatementStartEvent
 from gateway.policy.cache import DecisionCache
 from gateway.policy.model import Action, Decision
-from gateway.session.hooks import Refusal, RelayState
+from gateway.session.hooks import Refusal, RelayState, Scan
 from gateway.session.policy import PolicyHooks
 from gateway.sql import SqlSyntaxError, normalize
 from gateway.wire.errors import ProtocolViolation
+from gateway.wire.framer import Framer
 from gateway.wire.frontend import Bind, decode_frontend
 
 _now = time.time_ns
@@ -149,6 +151,19 @@ class _Pending:
         self.id = 0
 
 
+_PyPending = _Pending
+
+try:  # the optional C fast path (gateway/session/_trail.c); the same behaviour without
+    from gateway.session import _trail
+
+    _Pending = _trail.Pending  # type: ignore[misc,assignment]
+except ImportError:  # pragma: no cover - depends on the build
+    _trail = None  # type: ignore[assignment]
+
+#: Whether sessions use the C fast path (tests turn it off to check both paths agree).
+ACCELERATED = _trail is not None
+
+
 def rows_of(tag: str) -> int | None:
     """The row count a command tag carries (``INSERT 0 5`` -> 5), if any."""
     _, _, last = tag.rpartition(" ")
@@ -162,7 +177,8 @@ class AuditedHooks(PolicyHooks):
 
     __slots__ = (
         "_emit", "_executions", "_id_prefix", "_info", "_normalized", "_pending", "_portals",
-        "_record_parameters", "_relay", "_seq", "_session", "_statements", "statements",
+        "_record_parameters", "_relay", "_seq", "_session", "_statements", "_trail",
+        "statements",
     )
 
     def __init__(
@@ -187,6 +203,7 @@ class AuditedHooks(PolicyHooks):
         self._normalized = normalized_text
         self._record_parameters = record_parameters
         self._relay: RelayState | None = None
+        self._trail: Any = None
         self._seq = 0
         #: statement events written
         self.statements = 0
@@ -206,6 +223,29 @@ class AuditedHooks(PolicyHooks):
 
     def attach(self, relay: RelayState) -> None:
         self._relay = relay
+
+    def fast_scans(
+        self, relay: RelayState, frontend: Framer, backend: Framer,
+        refused: dict[bytes, Refusal],
+    ) -> tuple[Scan, Scan] | None:
+        """The C walks that record the common statements without calling back (see
+        gateway/session/_trail.c); they share this object's dicts and deque."""
+        if not ACCELERATED or _Pending is _PyPending:
+            return None
+        self._trail = _trail.Trail(
+            hooks=self, relay=relay, frontend=frontend, backend=backend,
+            statements=self._statements, portals=self._portals, pending=self._pending,
+            refused=refused, emit=self._emit, raw=_Raw, session=self._session,
+            id_prefix=self._id_prefix,
+            # Parameters to record and strict mode's start events are Python's work.
+            fast=not (self._record_parameters or self.strict),
+        )
+        return self._trail.scan_frontend, self._trail.scan_backend
+
+    def detach_fast(self) -> None:
+        if self._trail is not None:
+            self._trail.close()
+            self._trail = None
 
     # -- what the client sends ----------------------------------------------------------
 

@@ -16,6 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.wire.framer import Framer
+from gateway.wire.scan import Scanner
+
+#: A header walk with gateway.wire.scan's contract.
+Scan = Scanner
+
 
 class RelayState(Protocol):
     """What hooks may read of their relay."""
@@ -56,6 +62,18 @@ class SessionHooks:
 
     def attach(self, relay: RelayState) -> None:
         """Called once by the relay that will consult these hooks."""
+
+    def fast_scans(
+        self, relay: RelayState, frontend: Framer, backend: Framer,
+        refused: dict[bytes, Refusal],
+    ) -> tuple[Scan, Scan] | None:
+        """Header walks for the client and server framers that handle some watched
+        messages inline, with the same effect as these hooks' methods (``None``: the
+        framers' own). ``refused`` is the relay's map of refused statement names."""
+        return None
+
+    def detach_fast(self) -> None:
+        """The relay is closing: drop what :meth:`fast_scans` set up."""
 
     def on_query(self, sql: bytes) -> Refusal | None:
         """A simple-protocol Query; ``sql`` is its text (bytes before the terminator)."""

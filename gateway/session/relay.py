@@ -43,6 +43,7 @@ from gateway.wire.framer import (
     action_table,
 )
 from gateway.wire.frontend import Describe, Query
+from gateway.wire.scan import scan
 from gateway.wire.states import (
     BACKEND_TYPES,
     FRONTEND_TYPES,
@@ -172,6 +173,10 @@ class Relay:
         #: ParameterStatus values as last reported by the server.
         self.parameters: dict[str, str] = {}
         self._hooks.attach(self)
+        scans = self._hooks.fast_scans(self, self._frontend, self._backend,
+                                       self._refused_names)
+        if scans is not None:
+            self._frontend.scan, self._backend.scan = scans
 
     @property
     def current_batch(self) -> int:
@@ -415,6 +420,8 @@ class Relay:
 
     def close(self, reason: str) -> None:
         self._hooks.on_close(reason)
+        self._hooks.detach_fast()
+        self._frontend.scan = self._backend.scan = scan
         # The framers hold bound methods of this relay: break the cycle now rather than
         # leave the session to the cyclic garbage collector.
         self._frontend.handler = _closed_handler

@@ -99,6 +99,7 @@ class Framer:
         "max_message_size",
         "readies",
         "requests",
+        "scan",
         "status",
     )
 
@@ -111,6 +112,9 @@ class Framer:
         self.actions = actions
         self.handler = handler
         self.max_message_size = max_message_size
+        #: The header walk (gateway.wire.scan's contract). A session layer may put in one
+        #: that also handles some watched messages itself (gateway.session.audit does).
+        self.scan = scan
         #: Messages with the REQUEST action walked past, and READY ones.
         self.requests = 0
         self.readies = 0
@@ -149,7 +153,7 @@ class Framer:
         """
         if self._skip or self._pending:
             return self._feed_carried(data)
-        pos, stop, end, requests, readies, status = scan(
+        pos, stop, end, requests, readies, status = self.scan(
             data, 0, self.actions, self.max_message_size
         )
         if requests:
@@ -182,7 +186,7 @@ class Framer:
             pos = self._complete_pending(data, pos, out)
             if pos >= n or self._skip:
                 return out
-        scanned = scan(data, pos, self.actions, self.max_message_size)
+        scanned = self.scan(data, pos, self.actions, self.max_message_size)
         if scanned[3]:
             self.requests += scanned[3]
         if scanned[4]:
@@ -201,6 +205,7 @@ class Framer:
         n = len(data)
         actions = self.actions
         handler = self.handler
+        walk = self.scan
         view = memoryview(data)
         while stop >= 0:
             replacement = handler(stop, view[pos + 5 : end])
@@ -210,7 +215,7 @@ class Framer:
                 if replacement:
                     out.append(replacement)
                 run_start = end
-            pos, stop, end, requests, readies, status = scan(
+            pos, stop, end, requests, readies, status = walk(
                 data, end, actions, self.max_message_size
             )
             if requests:

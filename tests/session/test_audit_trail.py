@@ -13,6 +13,7 @@ from gateway.audit.events import Event, StatementEvent
 from gateway.policy.baseline import BASELINE
 from gateway.policy.cache import DecisionCache
 from gateway.policy.engine import Policy
+from gateway.session import audit as audit_module
 from gateway.session.audit import AuditedHooks, SessionInfo, rows_of
 from gateway.session.relay import Relay
 from gateway.wire.backend import error_response
@@ -22,6 +23,18 @@ from tests.session.test_relay import Sink, msg
 INFO = SessionInfo("s1", "ci", "repo:acme/etl", "etl-client", "etl", "app", "appdb",
                    "10.0.0.7:5555", "loader")
 Z_IDLE = msg(b"Z", b"I")
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def trail_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every trail test runs with the C fast path (gateway/session/_trail.c) and without."""
+    if request.param == "c":
+        # Built by `pip install -e .`; its absence is a build failure.
+        assert audit_module.ACCELERATED, "gateway.session._trail was not built"
+    else:
+        monkeypatch.setattr(audit_module, "ACCELERATED", False)
+        monkeypatch.setattr(audit_module, "_Pending", audit_module._PyPending)
+    return str(request.param)
 
 
 _decoder = msgspec.json.Decoder(Event)

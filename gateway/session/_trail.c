@@ -1,0 +1,937 @@
+/*
+ * Optional C fast path of a session's audit trail (gateway/session/audit.py).
+ *
+ * AuditedHooks follows every statement to its end so that its event says what happened.
+ * In Python that costs one C -> Python -> C round trip per Bind, Execute,
+ * CommandComplete and ReadyForQuery: most of the audit's CPU per statement. This module
+ * provides:
+ *
+ * - Pending: the record of a statement in flight (the same fields as the pure-Python
+ *   _Pending class), with its members in C so that both sides can use it;
+ * - Trail: two header walks, scan_frontend and scan_backend, with exactly the contract of
+ *   gateway.wire.scan (the framer calls them instead), that also handle the *common*
+ *   cases of the watched messages inline, with the same effect on the session's state as
+ *   AuditedHooks' Python methods:
+ *     Bind of a known statement, Execute of a bound portal (frontend);
+ *     CommandComplete of a successful statement, ReadyForQuery (backend).
+ *   Anything else -- a statement name it does not know, an error, a refusal pending,
+ *   parameters to record, strict mode, a tag that needs JSON escaping -- stops the walk
+ *   at that message exactly as a watched message does, and the Python hooks handle it
+ *   with the same state (the dicts and the deque are AuditedHooks' own objects).
+ *
+ * The event of a finished statement is formatted here from the pieces AuditedHooks
+ * encoded once (session and statement members); tests check that it is byte-identical to
+ * the one the Python path writes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <time.h>
+
+#define ACT_PASS 0
+#define ACT_WATCH 1
+#define ACT_REQUEST 2
+#define ACT_READY 3
+
+#define STOP_NONE -1
+#define STOP_BAD_LENGTH -2
+#define STOP_BAD_READY -3
+
+static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_readies,
+    *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append;
+
+static long long
+now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ Pending */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *statement;
+    long long batch, bytes_in, out_mark, start, id;
+    PyObject *rows;          /* None or int */
+    PyObject *command_tag;   /* bytes: the tag as a JSON string */
+    PyObject *sqlstate;      /* str */
+    PyObject *error_message; /* str */
+    PyObject *parameters;    /* None or list */
+} Pending;
+
+static PyTypeObject PendingType;
+
+static Pending *
+pending_make(PyObject *statement, long long batch, long long bytes_in, long long out_mark)
+{
+    Pending *p = PyObject_New(Pending, &PendingType);
+    if (p == NULL)
+        return NULL;
+    Py_INCREF(statement);
+    p->statement = statement;
+    p->batch = batch;
+    p->bytes_in = bytes_in;
+    p->out_mark = out_mark;
+    p->start = now_ns();
+    p->id = 0;
+    p->rows = Py_NewRef(Py_None);
+    p->command_tag = Py_NewRef(empty_tag);
+    p->sqlstate = Py_NewRef(empty_str);
+    p->error_message = Py_NewRef(empty_str);
+    p->parameters = Py_NewRef(Py_None);
+    return p;
+}
+
+static PyObject *
+Pending_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *statement;
+    long long batch, bytes_in, out_mark;
+    static char *kwlist[] = {"statement", "batch", "bytes_in", "out_mark", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OLLL", kwlist, &statement, &batch,
+                                     &bytes_in, &out_mark))
+        return NULL;
+    return (PyObject *)pending_make(statement, batch, bytes_in, out_mark);
+}
+
+static void
+Pending_dealloc(Pending *p)
+{
+    Py_XDECREF(p->statement);
+    Py_XDECREF(p->rows);
+    Py_XDECREF(p->command_tag);
+    Py_XDECREF(p->sqlstate);
+    Py_XDECREF(p->error_message);
+    Py_XDECREF(p->parameters);
+    PyObject_Free(p);
+}
+
+static PyMemberDef Pending_members[] = {
+    {"statement", T_OBJECT_EX, offsetof(Pending, statement), 0, NULL},
+    {"batch", T_LONGLONG, offsetof(Pending, batch), 0, NULL},
+    {"bytes_in", T_LONGLONG, offsetof(Pending, bytes_in), 0, NULL},
+    {"out_mark", T_LONGLONG, offsetof(Pending, out_mark), 0, NULL},
+    {"start", T_LONGLONG, offsetof(Pending, start), 0, NULL},
+    {"id", T_LONGLONG, offsetof(Pending, id), 0, NULL},
+    {"rows", T_OBJECT_EX, offsetof(Pending, rows), 0, NULL},
+    {"command_tag", T_OBJECT_EX, offsetof(Pending, command_tag), 0, NULL},
+    {"sqlstate", T_OBJECT_EX, offsetof(Pending, sqlstate), 0, NULL},
+    {"error_message", T_OBJECT_EX, offsetof(Pending, error_message), 0, NULL},
+    {"parameters", T_OBJECT_EX, offsetof(Pending, parameters), 0, NULL},
+    {NULL},
+};
+
+static PyTypeObject PendingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.session._trail.Pending",
+    .tp_basicsize = sizeof(Pending),
+    .tp_dealloc = (destructor)Pending_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A statement sent upstream whose outcome is not known yet.",
+    .tp_members = Pending_members,
+    .tp_new = Pending_new,
+};
+
+/* ------------------------------------------------------------------ Trail */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *hooks;      /* AuditedHooks: _seq and statements are updated on it */
+    PyObject *relay;      /* bytes_out */
+    PyObject *frontend;   /* Framer: requests */
+    PyObject *backend;    /* Framer: readies */
+    PyObject *statements; /* dict: statement name -> _Prepared */
+    PyObject *portals;    /* dict: portal -> (prepared, parameters, Bind size, batch) */
+    PyObject *pending;    /* collections.deque of Pending */
+    PyObject *refused;    /* the relay's refused statement names (dict) */
+    PyObject *emit;       /* callable taking one encoded event */
+    PyObject *raw;        /* msgspec.Raw */
+    PyObject *session;    /* bytes: the session's members of a statement event */
+    PyObject *id_prefix;  /* bytes: '"<session_id>:' */
+    PyObject *popleft, *append;
+    int fast;             /* 0: every watched message goes to Python */
+} Trail;
+
+static int
+Trail_traverse(Trail *t, visitproc visit, void *arg)
+{
+    Py_VISIT(t->hooks);
+    Py_VISIT(t->relay);
+    Py_VISIT(t->frontend);
+    Py_VISIT(t->backend);
+    Py_VISIT(t->statements);
+    Py_VISIT(t->portals);
+    Py_VISIT(t->pending);
+    Py_VISIT(t->refused);
+    Py_VISIT(t->emit);
+    Py_VISIT(t->raw);
+    Py_VISIT(t->popleft);
+    Py_VISIT(t->append);
+    return 0;
+}
+
+static int
+Trail_clear(Trail *t)
+{
+    Py_CLEAR(t->hooks);
+    Py_CLEAR(t->relay);
+    Py_CLEAR(t->frontend);
+    Py_CLEAR(t->backend);
+    Py_CLEAR(t->statements);
+    Py_CLEAR(t->portals);
+    Py_CLEAR(t->pending);
+    Py_CLEAR(t->refused);
+    Py_CLEAR(t->emit);
+    Py_CLEAR(t->raw);
+    Py_CLEAR(t->session);
+    Py_CLEAR(t->id_prefix);
+    Py_CLEAR(t->popleft);
+    Py_CLEAR(t->append);
+    t->fast = 0;
+    return 0;
+}
+
+static void
+Trail_dealloc(Trail *t)
+{
+    PyObject_GC_UnTrack(t);
+    Trail_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *
+Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Trail *t;
+    PyObject *hooks, *relay, *frontend, *backend, *statements, *portals, *pending, *refused,
+        *emit, *raw, *session, *id_prefix;
+    int fast;
+    static char *kwlist[] = {"hooks", "relay", "frontend", "backend", "statements",
+                             "portals", "pending", "refused", "emit", "raw", "session",
+                             "id_prefix", "fast", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!OO!OOSSp", kwlist, &hooks, &relay,
+                                     &frontend, &backend, &PyDict_Type, &statements,
+                                     &PyDict_Type, &portals, &pending, &PyDict_Type,
+                                     &refused, &emit, &raw, &session, &id_prefix, &fast))
+        return NULL;
+    t = (Trail *)type->tp_alloc(type, 0);
+    if (t == NULL)
+        return NULL;
+    t->hooks = Py_NewRef(hooks);
+    t->relay = Py_NewRef(relay);
+    t->frontend = Py_NewRef(frontend);
+    t->backend = Py_NewRef(backend);
+    t->statements = Py_NewRef(statements);
+    t->portals = Py_NewRef(portals);
+    t->pending = Py_NewRef(pending);
+    t->refused = Py_NewRef(refused);
+    t->emit = Py_NewRef(emit);
+    t->raw = Py_NewRef(raw);
+    t->session = Py_NewRef(session);
+    t->id_prefix = Py_NewRef(id_prefix);
+    t->fast = fast;
+    t->popleft = PyObject_GetAttr(pending, str_popleft);
+    t->append = PyObject_GetAttr(pending, str_append);
+    if (t->popleft == NULL || t->append == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyObject *)t;
+}
+
+/* An int attribute of obj, or -1 with an exception set. */
+static long long
+get_ll(PyObject *obj, PyObject *name)
+{
+    long long v;
+    PyObject *o = PyObject_GetAttr(obj, name);
+    if (o == NULL)
+        return -1;
+    v = PyLong_AsLongLong(o);
+    Py_DECREF(o);
+    return v;
+}
+
+/* obj.name += 1 (an int attribute); returns the new value, -1 on error. */
+static long long
+increment(PyObject *obj, PyObject *name)
+{
+    long long v = get_ll(obj, name);
+    PyObject *o;
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    v += 1;
+    o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    if (PyObject_SetAttr(obj, name, o) < 0) {
+        Py_DECREF(o);
+        return -1;
+    }
+    Py_DECREF(o);
+    return v;
+}
+
+static char *
+put(char *w, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(w, s, n);
+    return w + n;
+}
+
+static char *
+put_bytes(char *w, PyObject *b)
+{
+    memcpy(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b));
+    return w + PyBytes_GET_SIZE(b);
+}
+
+/* Decimal digits of v (sprintf's locale and format parsing cost more than the rest). */
+static char *
+put_ll(char *w, long long v)
+{
+    char tmp[24];
+    int i = 0;
+    unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+    if (v < 0)
+        *w++ = '-';
+    do {
+        tmp[i++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    while (i > 0)
+        *w++ = tmp[--i];
+    return w;
+}
+
+/* Python's floor division by 1000 (a duration may be negative if the clock stepped). */
+static long long
+floor_div_1000(long long v)
+{
+    long long q = v / 1000;
+    if (v % 1000 != 0 && v < 0)
+        q -= 1;
+    return q;
+}
+
+/*
+ * Write the `statement` event of a finished, successful statement and emit it: the same
+ * bytes as AuditedHooks._write with sqlstate "" and no parameters. 0 on success.
+ */
+static int
+finish(Trail *t, Pending *p, PyObject *tag_json)
+{
+    PyObject *fragment, *event, *raw, *res;
+    long long end = now_ns(), bytes_out, rows = 0;
+    int has_rows = 0;
+    Py_ssize_t size;
+    char *w;
+
+    if (p->rows != Py_None) {
+        rows = PyLong_AsLongLong(p->rows);
+        if (rows == -1 && PyErr_Occurred())
+            return -1;
+        has_rows = 1;
+    }
+    bytes_out = get_ll(t->relay, str_bytes_out);
+    if (bytes_out == -1 && PyErr_Occurred())
+        return -1;
+    fragment = PyObject_GetAttr(p->statement, str_fragment);
+    if (fragment == NULL)
+        return -1;
+    if (!PyBytes_Check(fragment)) {
+        Py_DECREF(fragment);
+        PyErr_SetString(PyExc_TypeError, "statement fragment must be bytes");
+        return -1;
+    }
+    size = 400 + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
+           PyBytes_GET_SIZE(fragment) + PyBytes_GET_SIZE(tag_json);
+    event = PyBytes_FromStringAndSize(NULL, size);
+    if (event == NULL) {
+        Py_DECREF(fragment);
+        return -1;
+    }
+    w = PyBytes_AS_STRING(event);
+    w = put(w, "{\"type\":\"statement\",\"at\":");
+    w = put_ll(w, end);
+    w = put(w, ",\"id\":");
+    w = put_bytes(w, t->id_prefix);
+    w = put_ll(w, p->id);
+    w = put(w, "\",");
+    w = put_bytes(w, t->session);
+    *w++ = ',';
+    w = put_bytes(w, fragment);
+    w = put(w, ",\"start\":");
+    w = put_ll(w, p->start);
+    w = put(w, ",\"end\":");
+    w = put_ll(w, end);
+    w = put(w, ",\"rows\":");
+    if (has_rows)
+        w = put_ll(w, rows);
+    else
+        w = put(w, "null");
+    w = put(w, ",\"command_tag\":");
+    w = put_bytes(w, tag_json);
+    w = put(w, ",\"sqlstate\":\"\",\"error_message\":\"\",\"duration_us\":");
+    w = put_ll(w, floor_div_1000(end - p->start));
+    w = put(w, ",\"bytes_in\":");
+    w = put_ll(w, p->bytes_in);
+    w = put(w, ",\"bytes_out\":");
+    w = put_ll(w, bytes_out - p->out_mark);
+    w = put(w, ",\"parameters\":null}");
+    Py_DECREF(fragment);
+    if (_PyBytes_Resize(&event, w - PyBytes_AS_STRING(event)) < 0)
+        return -1;
+    raw = PyObject_CallOneArg(t->raw, event);
+    Py_DECREF(event);
+    if (raw == NULL)
+        return -1;
+    if (increment(t->hooks, str_statements) < 0) {
+        Py_DECREF(raw);
+        return -1;
+    }
+    res = PyObject_CallOneArg(t->emit, raw);
+    Py_DECREF(raw);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* 1: handled here; 0: leave it to Python (stop at it); -1: error. */
+static int
+on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
+{
+    const char *pe, *se;
+    PyObject *portal, *name, *prepared, *bound;
+    int r;
+    if (PyDict_GET_SIZE(t->refused) != 0)
+        return 0; /* the relay may have to refuse it */
+    pe = memchr(body, 0, n);
+    if (pe == NULL)
+        return 0;
+    se = memchr(pe + 1, 0, n - (pe + 1 - body));
+    if (se == NULL)
+        return 0;
+    name = PyBytes_FromStringAndSize(pe + 1, se - pe - 1);
+    if (name == NULL)
+        return -1;
+    prepared = PyDict_GetItemWithError(t->statements, name); /* borrowed */
+    Py_DECREF(name);
+    if (prepared == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    portal = PyBytes_FromStringAndSize(body, pe - body);
+    if (portal == NULL)
+        return -1;
+    bound = Py_BuildValue("(OOLL)", prepared, Py_None, (long long)n + 5, batch);
+    if (bound == NULL) {
+        Py_DECREF(portal);
+        return -1;
+    }
+    r = PyDict_SetItem(t->portals, portal, bound);
+    Py_DECREF(portal);
+    Py_DECREF(bound);
+    return r < 0 ? -1 : 1;
+}
+
+static int
+on_execute(Trail *t, const char *body, Py_ssize_t n, long long batch)
+{
+    const char *pe = memchr(body, 0, n);
+    PyObject *portal, *bound, *res;
+    long long size, bytes_out, seq;
+    Pending *p;
+    if (pe == NULL || n != (pe - body) + 5)
+        return 0; /* malformed: Python raises the protocol violation */
+    portal = PyBytes_FromStringAndSize(body, pe - body);
+    if (portal == NULL)
+        return -1;
+    bound = PyDict_GetItemWithError(t->portals, portal); /* borrowed */
+    if (bound == NULL) {
+        Py_DECREF(portal);
+        return PyErr_Occurred() ? -1 : 0; /* a SQL cursor's portal, say */
+    }
+    if (!PyTuple_Check(bound) || PyTuple_GET_SIZE(bound) != 4 ||
+        PyTuple_GET_ITEM(bound, 1) != Py_None) {
+        Py_DECREF(portal);
+        return 0;
+    }
+    size = PyLong_AsLongLong(PyTuple_GET_ITEM(bound, 2));
+    if (size == -1 && PyErr_Occurred()) {
+        Py_DECREF(portal);
+        return -1;
+    }
+    bytes_out = get_ll(t->relay, str_bytes_out);
+    if (bytes_out == -1 && PyErr_Occurred()) {
+        Py_DECREF(portal);
+        return -1;
+    }
+    p = pending_make(PyTuple_GET_ITEM(bound, 0), batch,
+                     size + 5 + PyBytes_GET_SIZE(portal) + 5, bytes_out);
+    Py_DECREF(portal);
+    if (p == NULL)
+        return -1;
+    seq = increment(t->hooks, str_seq);
+    if (seq < 0) {
+        Py_DECREF(p);
+        return -1;
+    }
+    p->id = seq;
+    res = PyObject_CallOneArg(t->append, (PyObject *)p);
+    Py_DECREF(p);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 1;
+}
+
+/* The tag as a JSON string if it needs no escaping, else NULL (no exception). */
+static PyObject *
+tag_json(const char *tag, Py_ssize_t n)
+{
+    PyObject *out;
+    char *w;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)tag[i];
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\')
+            return NULL;
+    }
+    out = PyBytes_FromStringAndSize(NULL, n + 2);
+    if (out == NULL)
+        return NULL;
+    w = PyBytes_AS_STRING(out);
+    w[0] = '"';
+    memcpy(w + 1, tag, n);
+    w[n + 1] = '"';
+    return out;
+}
+
+/* The row count of a tag, as gateway.session.audit.rows_of: the digits after its last
+ * space (or the whole tag). 1 with *rows set, 0 if it has none, -1 if too long to parse
+ * here. */
+static int
+tag_rows(const char *tag, Py_ssize_t n, long long *rows)
+{
+    Py_ssize_t i = n;
+    long long v = 0;
+    while (i > 0 && tag[i - 1] != ' ')
+        i--;
+    if (i == n)
+        return 0;
+    if (n - i > 18)
+        return -1;
+    for (; i < n; i++) {
+        if (tag[i] < '0' || tag[i] > '9')
+            return 0;
+        v = v * 10 + (tag[i] - '0');
+    }
+    *rows = v;
+    return 1;
+}
+
+static Pending *
+head_of(Trail *t)
+{
+    PyObject *head;
+    if (PyObject_Length(t->pending) <= 0)
+        return NULL;
+    head = PySequence_GetItem(t->pending, 0);
+    if (head == NULL)
+        return NULL;
+    if (!Py_IS_TYPE(head, &PendingType)) {
+        Py_DECREF(head);
+        return NULL;
+    }
+    return (Pending *)head; /* new reference */
+}
+
+static int
+is_extended(Pending *p)
+{
+    PyObject *e = PyObject_GetAttr(p->statement, str_extended);
+    int r;
+    if (e == NULL)
+        return -1;
+    r = PyObject_IsTrue(e);
+    Py_DECREF(e);
+    return r;
+}
+
+static int
+on_complete(Trail *t, const char *body, Py_ssize_t n)
+{
+    Pending *head;
+    PyObject *json, *res;
+    long long rows = 0;
+    int has_rows, extended, r;
+    Py_ssize_t len;
+    if (PyObject_Length(t->pending) == 0)
+        return 1; /* nothing of ours in flight: AuditedHooks.on_complete does nothing */
+    if (n < 1 || body[n - 1] != 0)
+        return 0;
+    len = n - 1;
+    head = head_of(t);
+    if (head == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (PyUnicode_GET_LENGTH(head->sqlstate) != 0) {
+        Py_DECREF(head);
+        return 0;
+    }
+    has_rows = tag_rows(body, len, &rows);
+    json = has_rows < 0 ? NULL : tag_json(body, len);
+    if (json == NULL) {
+        Py_DECREF(head);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    extended = is_extended(head);
+    if (extended < 0) {
+        r = -1;
+    } else if (extended) {
+        Py_SETREF(head->rows, has_rows ? PyLong_FromLongLong(rows) : Py_NewRef(Py_None));
+        res = head->rows == NULL ? NULL : PyObject_CallNoArgs(t->popleft);
+        if (res == NULL) {
+            r = -1;
+        } else {
+            Py_DECREF(res);
+            Py_SETREF(head->command_tag, Py_NewRef(json));
+            r = finish(t, head, json) < 0 ? -1 : 1;
+        }
+    } else {
+        /* A simple Query: every statement's rows count, the last tag is kept. */
+        Py_SETREF(head->command_tag, Py_NewRef(json));
+        r = 1;
+        if (has_rows) {
+            long long before = 0;
+            if (head->rows != Py_None) {
+                before = PyLong_AsLongLong(head->rows);
+                if (before == -1 && PyErr_Occurred())
+                    r = -1;
+            }
+            if (r == 1) {
+                Py_SETREF(head->rows, PyLong_FromLongLong(before + rows));
+                if (head->rows == NULL)
+                    r = -1;
+            }
+        }
+    }
+    Py_DECREF(json);
+    Py_DECREF(head);
+    return r;
+}
+
+/*
+ * ReadyForQuery: handled here when AuditedHooks.on_ready would only drop portals, skip
+ * executions that did not run, and finish successful simple queries. ended = the
+ * ReadyForQuery ordinal this message has (batches up to it are over).
+ */
+static int
+on_ready(Trail *t, unsigned char status, long long ended)
+{
+    Py_ssize_t i, n = PyObject_Length(t->pending);
+    if (n < 0)
+        return -1;
+    /* First check that everything this ReadyForQuery ends can be handled here. */
+    for (i = 0; i < n; i++) {
+        PyObject *o = PySequence_GetItem(t->pending, i);
+        Pending *p;
+        int extended;
+        if (o == NULL)
+            return -1;
+        if (!Py_IS_TYPE(o, &PendingType)) {
+            Py_DECREF(o);
+            return 0;
+        }
+        p = (Pending *)o;
+        if (p->batch > ended) {
+            Py_DECREF(o);
+            break;
+        }
+        extended = is_extended(p);
+        if (extended < 0) {
+            Py_DECREF(o);
+            return -1;
+        }
+        if (!extended && PyUnicode_GET_LENGTH(p->sqlstate) != 0) {
+            Py_DECREF(o);
+            return 0; /* a failed simple query: Python writes its error */
+        }
+        Py_DECREF(o);
+    }
+    if (status == 'I' && PyDict_GET_SIZE(t->portals) != 0) {
+        /* Portals end with their transaction (see AuditedHooks.on_ready). */
+        PyObject *key, *value, *doomed = PyList_New(0);
+        Py_ssize_t pos = 0;
+        if (doomed == NULL)
+            return -1;
+        while (PyDict_Next(t->portals, &pos, &key, &value)) {
+            long long b;
+            if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
+                Py_DECREF(doomed);
+                PyErr_SetString(PyExc_TypeError, "malformed portal entry");
+                return -1;
+            }
+            b = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 3));
+            if (b == -1 && PyErr_Occurred()) {
+                Py_DECREF(doomed);
+                return -1;
+            }
+            if (b <= ended && PyList_Append(doomed, key) < 0) {
+                Py_DECREF(doomed);
+                return -1;
+            }
+        }
+        for (i = 0; i < PyList_GET_SIZE(doomed); i++) {
+            if (PyDict_DelItem(t->portals, PyList_GET_ITEM(doomed, i)) < 0) {
+                Py_DECREF(doomed);
+                return -1;
+            }
+        }
+        Py_DECREF(doomed);
+    }
+    for (;;) {
+        Pending *p = head_of(t);
+        PyObject *res;
+        int extended;
+        if (p == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            break;
+        }
+        if (p->batch > ended) {
+            Py_DECREF(p);
+            break;
+        }
+        res = PyObject_CallNoArgs(t->popleft);
+        if (res == NULL) {
+            Py_DECREF(p);
+            return -1;
+        }
+        Py_DECREF(res);
+        extended = is_extended(p);
+        /* an execution still pending at its batch's end was skipped: it did not run */
+        if (extended < 0 || (!extended && finish(t, p, p->command_tag) < 0)) {
+            Py_DECREF(p);
+            return -1;
+        }
+        Py_DECREF(p);
+    }
+    return 1;
+}
+
+/* The shared walk: see gateway.wire.scan.scan_py for the contract. side 0 = frontend. */
+static PyObject *
+walk(Trail *t, PyObject *const *args, Py_ssize_t nargs, int side)
+{
+    Py_buffer data, actions;
+    Py_ssize_t pos, max_size, n, end = 0;
+    long requests = 0, readies = 0, status = -1, stop = STOP_NONE;
+    long long base = -1; /* the framer's requests (frontend) or readies (backend) */
+    const unsigned char *p, *act;
+    PyObject *result = NULL;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scan expects 4 arguments");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    max_size = PyLong_AsSsize_t(args[3]);
+    if (max_size == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &actions, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    if (actions.len < 256 || pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "actions must have 256 entries, pos >= 0");
+        goto done;
+    }
+    p = (const unsigned char *)data.buf;
+    act = (const unsigned char *)actions.buf;
+    n = data.len;
+
+    while (n - pos >= 5) {
+        unsigned char ty = p[pos];
+        Py_ssize_t length = ((Py_ssize_t)p[pos + 1] << 24) | ((Py_ssize_t)p[pos + 2] << 16) |
+                            ((Py_ssize_t)p[pos + 3] << 8) | (Py_ssize_t)p[pos + 4];
+        unsigned char a;
+        if (length < 4 || length > max_size) {
+            stop = STOP_BAD_LENGTH;
+            end = length;
+            break;
+        }
+        end = pos + 1 + length;
+        a = act[ty];
+        if (end > n)
+            break;
+        if (a == ACT_PASS) {
+            pos = end;
+        } else if (a == ACT_REQUEST) {
+            requests++;
+            pos = end;
+        } else if (a == ACT_READY) {
+            unsigned char s;
+            if (length != 5) {
+                stop = STOP_BAD_READY;
+                break;
+            }
+            s = p[pos + 5];
+            if (s != 'I' && s != 'T' && s != 'E') {
+                stop = STOP_BAD_READY;
+                break;
+            }
+            status = s;
+            readies++;
+            pos = end;
+        } else {
+            int r = 0;
+            const char *body = (const char *)p + pos + 5;
+            if (t->fast) {
+                if (base < 0) {
+                    base = get_ll(side == 0 ? t->frontend : t->backend,
+                                  side == 0 ? str_requests : str_readies);
+                    if (base == -1 && PyErr_Occurred())
+                        goto done;
+                }
+                if (side == 0) {
+                    if (ty == 'B')
+                        r = on_bind(t, body, length - 4, base + requests + 1);
+                    else if (ty == 'E')
+                        r = on_execute(t, body, length - 4, base + requests + 1);
+                } else if (ty == 'C') {
+                    r = on_complete(t, body, length - 4);
+                } else if (ty == 'Z' && length == 5 &&
+                           (body[0] == 'I' || body[0] == 'T' || body[0] == 'E')) {
+                    r = on_ready(t, (unsigned char)body[0], base + readies + 1);
+                    if (r == 1) {
+                        status = (unsigned char)body[0];
+                        readies++;
+                    }
+                }
+            }
+            if (r < 0)
+                goto done;
+            if (r == 0) {
+                stop = ty;
+                break;
+            }
+            pos = end;
+        }
+    }
+    {
+        PyObject *items[6];
+        int i;
+        result = PyTuple_New(6);
+        if (result == NULL)
+            goto done;
+        items[0] = PyLong_FromSsize_t(pos);
+        items[1] = PyLong_FromLong(stop);
+        items[2] = PyLong_FromSsize_t(end);
+        items[3] = PyLong_FromLong(requests);
+        items[4] = PyLong_FromLong(readies);
+        items[5] = PyLong_FromLong(status);
+        for (i = 0; i < 6; i++) {
+            if (items[i] == NULL) {
+                Py_CLEAR(result);
+                for (i = i + 1; i < 6; i++)
+                    Py_XDECREF(items[i]);
+                goto done;
+            }
+            PyTuple_SET_ITEM(result, i, items[i]);
+        }
+    }
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&actions);
+    return result;
+}
+
+static PyObject *
+Trail_scan_frontend(Trail *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    return walk(t, args, nargs, 0);
+}
+
+static PyObject *
+Trail_scan_backend(Trail *t, PyObject *const *args, Py_ssize_t nargs)
+{
+    return walk(t, args, nargs, 1);
+}
+
+static PyObject *
+Trail_close(Trail *t, PyObject *unused)
+{
+    Trail_clear(t);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Trail_methods[] = {
+    {"scan_frontend", (PyCFunction)(void (*)(void))Trail_scan_frontend, METH_FASTCALL,
+     "scan() of client bytes that also follows Bind and Execute."},
+    {"scan_backend", (PyCFunction)(void (*)(void))Trail_scan_backend, METH_FASTCALL,
+     "scan() of server bytes that also follows CommandComplete and ReadyForQuery."},
+    {"close", (PyCFunction)Trail_close, METH_NOARGS,
+     "Drop every reference (the session ended); later walks handle nothing inline."},
+    {NULL},
+};
+
+static PyTypeObject TrailType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.session._trail.Trail",
+    .tp_basicsize = sizeof(Trail),
+    .tp_dealloc = (destructor)Trail_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The C fast path of one session's audit trail.",
+    .tp_traverse = (traverseproc)Trail_traverse,
+    .tp_clear = (inquiry)Trail_clear,
+    .tp_methods = Trail_methods,
+    .tp_new = Trail_new,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "gateway.session._trail",
+    "C fast path of the session audit trail (see gateway.session.audit).", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__trail(void)
+{
+    PyObject *m;
+    if (PyType_Ready(&PendingType) < 0 || PyType_Ready(&TrailType) < 0)
+        return NULL;
+#define INTERN(var, text)                                                                  \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                  \
+        return NULL;
+    INTERN(str_seq, "_seq");
+    INTERN(str_statements, "statements");
+    INTERN(str_bytes_out, "bytes_out");
+    INTERN(str_requests, "requests");
+    INTERN(str_readies, "readies");
+    INTERN(str_fragment, "fragment");
+    INTERN(str_extended, "extended");
+    INTERN(str_popleft, "popleft");
+    INTERN(str_append, "append");
+#undef INTERN
+    if ((empty_str = PyUnicode_FromString("")) == NULL)
+        return NULL;
+    if ((empty_tag = PyBytes_FromString("\"\"")) == NULL)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&PendingType);
+    if (PyModule_AddObject(m, "Pending", (PyObject *)&PendingType) < 0)
+        return NULL;
+    Py_INCREF(&TrailType);
+    if (PyModule_AddObject(m, "Trail", (PyObject *)&TrailType) < 0)
+        return NULL;
+    return m;
+}

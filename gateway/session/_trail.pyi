@@ -1,0 +1,47 @@
+"""Types of the optional C fast path of the session audit trail (_trail.c)."""
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+class Pending:
+    statement: Any
+    batch: int
+    bytes_in: int
+    out_mark: int
+    start: int
+    id: int
+    rows: int | None
+    command_tag: bytes
+    sqlstate: str
+    error_message: str
+    parameters: list[str | None] | None
+    def __init__(self, statement: Any, batch: int, bytes_in: int, out_mark: int) -> None: ...
+
+class Trail:
+    def __init__(
+        self,
+        *,
+        hooks: Any,
+        relay: Any,
+        frontend: Any,
+        backend: Any,
+        statements: dict[bytes, Any],
+        portals: dict[bytes, Any],
+        pending: deque[Any],
+        refused: dict[bytes, Any],
+        emit: Callable[[Any], None],
+        raw: Callable[[bytes], Any],
+        session: bytes,
+        id_prefix: bytes,
+        fast: bool,
+    ) -> None: ...
+    def scan_frontend(
+        self, data: bytes | bytearray | memoryview, pos: int, actions: bytes | bytearray,
+        max_size: int, /,
+    ) -> tuple[int, int, int, int, int, int]: ...
+    def scan_backend(
+        self, data: bytes | bytearray | memoryview, pos: int, actions: bytes | bytearray,
+        max_size: int, /,
+    ) -> tuple[int, int, int, int, int, int]: ...
+    def close(self) -> None: ...

@@ -1,0 +1,210 @@
+"""The audit trail's C fast path (gateway/session/_trail.c) against its Python reference.
+
+The same conversation — prepared statements, named and unnamed portals, pipelines, a
+failed pipeline, transactions, multi-statement simple queries, empty queries, portal
+suspension, cursors, a refusal, a closed statement, odd command tags — is fed through a
+relay with the C walks and through one without, cut into reads at random places (so
+that messages also complete in the framer's carry-over buffer, where the Python handler
+takes them). Both must forward the same bytes and write the same events, member for
+member and in the same order, timestamps aside.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from gateway.policy.baseline import BASELINE
+from gateway.policy.cache import DecisionCache
+from gateway.policy.engine import Policy
+from gateway.session import audit as audit_module
+from gateway.session.audit import AuditedHooks
+from gateway.session.relay import Relay
+from gateway.wire.backend import error_response
+from tests.session.test_audit_trail import INFO, Z_IDLE
+from tests.session.test_refusal import EXECUTE, SYNC, bind, cstr, parse, replacement_name
+from tests.session.test_relay import Sink, msg
+
+Z_TX = msg(b"Z", b"T")
+TIMES = ("at", "start", "end", "duration_us")
+ROW = msg(b"D", b"\x00\x01\x00\x00\x00\x011")
+
+
+def complete(tag: str) -> bytes:
+    return msg(b"C", cstr(tag))
+
+
+def execute(portal: str = "", rows: int = 0) -> bytes:
+    return msg(b"E", cstr(portal) + rows.to_bytes(4, "big"))
+
+
+def close_statement(name: str) -> bytes:
+    return msg(b"C", b"S" + cstr(name))
+
+
+def refused_error(server: Sink) -> bytes:
+    name = replacement_name(server.bytes())
+    return error_response("26000", f'prepared statement "{name}" does not exist')
+
+
+# (side, bytes or a function of the server sink) in the order a real session has them.
+Step = tuple[str, "bytes | Callable[[Sink], bytes]"]
+CONVERSATION: list[Step] = [
+    ("c", parse("s1", "SELECT v FROM t WHERE id = $1") + SYNC),
+    ("s", msg(b"1") + Z_IDLE),
+    ("c", (bind("", "s1") + EXECUTE + SYNC) * 2),
+    ("s", (msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE) * 2),
+    ("c", bind("p", "s1") + msg(b"D", b"P" + cstr("p")) + execute("p") + SYNC),
+    ("s", msg(b"2") + msg(b"T", b"\x00\x00") + ROW + ROW + complete("SELECT 2") + Z_IDLE),
+    ("c", msg(b"Q", cstr("UPDATE t SET v = 1 WHERE id < 3; SELECT 1"))),
+    ("s", complete("UPDATE 2") + msg(b"T", b"\x00\x00") + ROW + complete("SELECT 1")
+     + Z_IDLE),
+    ("c", msg(b"Q", cstr("BEGIN"))),
+    ("s", complete("BEGIN") + Z_TX),
+    ("c", bind("", "s1") + EXECUTE + SYNC),
+    ("s", msg(b"2") + ROW + complete("SELECT 1") + Z_TX),
+    ("c", msg(b"Q", cstr("COMMIT"))),
+    ("s", complete("COMMIT") + Z_IDLE),
+    ("c", parse("a", "SELECT 1/0") + parse("b", "SELECT 2")
+     + bind("", "a") + EXECUTE + bind("", "b") + EXECUTE + SYNC),
+    ("s", msg(b"1") + msg(b"1") + msg(b"2") + error_response("22012", "division by zero")
+     + Z_IDLE),
+    ("c", bind("", "s1") + execute("", 1) + SYNC),
+    ("s", msg(b"2") + ROW + msg(b"s") + Z_IDLE),
+    ("c", msg(b"Q", cstr(""))),
+    ("s", msg(b"I") + Z_IDLE),
+    ("c", bind("", "b") + EXECUTE + SYNC),
+    ("s", msg(b"2") + complete('ODD "TAG" 7') + Z_IDLE),
+    ("c", bind("", "b") + EXECUTE + SYNC),
+    ("s", msg(b"2") + complete("SELECT 123456789012345678901234567890") + Z_IDLE),
+    ("c", msg(b"Q", cstr("SELECT 1/0"))),
+    ("s", error_response("22012", "division by zero") + Z_IDLE),
+    ("c", msg(b"Q", cstr("DECLARE c CURSOR WITH HOLD FOR SELECT 1"))),
+    ("s", complete("DECLARE CURSOR") + Z_IDLE),
+    ("c", execute("c") + SYNC),
+    ("s", ROW + complete("FETCH 1") + Z_IDLE),
+    ("c", close_statement("s1") + SYNC),
+    ("s", msg(b"3") + Z_IDLE),
+    ("c", bind("", "s1") + EXECUTE + SYNC),
+    ("s", error_response("26000", 'prepared statement "s1" does not exist') + Z_IDLE),
+    ("c", msg(b"Q", cstr("DROP TABLE accounts"))),
+    ("s", refused_error),
+    ("s", Z_IDLE),
+    ("c", parse("x", "DELETE FROM t") + bind("", "x") + EXECUTE + SYNC),
+    ("s", refused_error),
+    ("s", Z_IDLE),
+    ("c", bind("", "b") + EXECUTE + SYNC),
+    ("s", msg(b"2") + complete("SELECT 1") + Z_IDLE),
+    ("c", msg(b"Q", cstr("SELECT pg_sleep(10)"))),
+]
+
+
+def run(accelerated: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[
+    list[list[tuple[str, object]]], bytes, bytes, int
+]:
+    with monkeypatch.context() as m:
+        if not accelerated:
+            m.setattr(audit_module, "ACCELERATED", False)
+            m.setattr(audit_module, "_Pending", audit_module._PyPending)
+        raw: list[bytes] = []
+
+        def emit(event: object) -> None:
+            raw.append(bytes(event) if isinstance(event, msgspec.Raw)
+                       else msgspec.json.encode(event))
+
+        hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {}, emit)
+        client, server = Sink(), Sink()
+        relay = Relay(client, server, hooks)
+        rng = random.Random(seed)
+        for side, step in CONVERSATION:
+            data = step(server) if callable(step) else step
+            feed = relay.client_data if side == "c" else relay.server_data
+            pos = 0
+            while pos < len(data):
+                # whole reads mostly, sometimes cut anywhere
+                cut = len(data) if rng.random() < 0.5 else rng.randint(pos + 1, len(data))
+                feed(data[pos:cut])
+                pos = cut
+        relay.close("client disconnected")
+        statements = hooks.statements
+    events = []
+    for b in raw:
+        b = re.sub(rb"pgwarden_refused_[0-9a-f]+", b"pgwarden_refused_N", b)
+        members = list(msgspec.json.decode(b).items())
+        events.append([(k, 0 if k in TIMES else v) for k, v in members])
+    # refusal nonces differ between runs: compare what the server got without them
+    sent = re.sub(rb"pgwarden_refused_[0-9a-f]+", b"pgwarden_refused_N", server.bytes())
+    received = re.sub(rb"pgwarden_refused_[0-9a-f]+", b"pgwarden_refused_N", client.bytes())
+    return events, received, sent, statements
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_c_fast_path_writes_what_the_python_trail_writes(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert audit_module.ACCELERATED, "gateway.session._trail was not built"
+    fast = run(True, seed, monkeypatch)
+    slow = run(False, seed, monkeypatch)
+    assert fast[0] == slow[0]
+    assert fast[1:] == slow[1:]
+    events = fast[0]
+    # the conversation is worth checking: every kind of outcome is in it
+    tags = [dict(e)["command_tag"] for e in events]
+    assert 'ODD "TAG" 7' in tags and "SUSPENDED" in tags and "FETCH 1" in tags
+    assert {dict(e)["sqlstate"] for e in events} >= {"", "22012", "26000", "42501", "08006"}
+    assert len(events) == fast[3] == 21
+
+
+def test_event_bytes_are_identical_apart_from_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Member order and formatting too, not only the decoded values."""
+    outs = []
+    for accelerated in (True, False):
+        with monkeypatch.context() as m:
+            if not accelerated:
+                m.setattr(audit_module, "ACCELERATED", False)
+                m.setattr(audit_module, "_Pending", audit_module._PyPending)
+            m.setattr(audit_module, "_now", lambda: 1_700_000_000_000_000_000)
+            raw: list[bytes] = []
+            hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {},
+                                 lambda e, into=raw: into.append(bytes(e)))
+            relay = Relay(Sink(), Sink(), hooks)
+            relay.client_data(parse("s", "SELECT $1") + SYNC)
+            relay.server_data(msg(b"1") + Z_IDLE)
+            relay.client_data(bind("", "s") + EXECUTE + SYNC)
+            relay.server_data(msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE)
+            (event,) = raw
+            outs.append(event)
+    fast, slow = (msgspec.json.decode(e) for e in outs)
+    for key in TIMES:
+        fast[key] = slow[key] = 0
+    assert list(fast.items()) == list(slow.items())
+
+
+def test_plain_executions_do_not_call_back_into_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The point of the fast path: Bind, Execute, CommandComplete and ReadyForQuery of a
+    prepared statement's execution are recorded without any hook method running."""
+    assert audit_module.ACCELERATED, "gateway.session._trail was not built"
+    raw: list[bytes] = []
+    hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {},
+                         lambda e: raw.append(bytes(e)))
+    relay = Relay(Sink(), Sink(), hooks)
+    relay.client_data(parse("s", "SELECT $1") + SYNC)
+    relay.server_data(msg(b"1") + Z_IDLE)
+
+    def called(*args: object) -> None:
+        raise AssertionError("a hook method ran")
+
+    for name in ("on_bind", "on_execute", "on_complete", "on_ready"):
+        monkeypatch.setattr(AuditedHooks, name, called)
+    for _ in range(3):
+        relay.client_data(bind("", "s") + EXECUTE + SYNC)
+        relay.server_data(msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE)
+    assert len(raw) == 3 and hooks.statements == 3
