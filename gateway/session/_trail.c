@@ -39,7 +39,8 @@
 #define STOP_BAD_READY -3
 
 static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_readies,
-    *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append;
+    *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append,
+    *str_version, *str_shape_hits, *str_unsafe, *str_simple, *str_hooks_version;
 
 static long long
 now_ns(void)
@@ -135,6 +136,52 @@ static PyTypeObject PendingType = {
     .tp_new = Pending_new,
 };
 
+/* ------------------------------------------------------------------ Statement */
+
+/* A simple Query's statement as the audit trail keeps it: the attributes of
+ * gateway.session.audit._Prepared, for queries decided here. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fragment;    /* bytes */
+    PyObject *text;        /* str */
+    PyObject *fingerprint; /* str */
+    PyObject *decision;    /* Decision */
+    PyObject *protocol;    /* str */
+    PyObject *extended;    /* bool */
+} Statement;
+
+static void
+Statement_dealloc(Statement *st)
+{
+    Py_XDECREF(st->fragment);
+    Py_XDECREF(st->text);
+    Py_XDECREF(st->fingerprint);
+    Py_XDECREF(st->decision);
+    Py_XDECREF(st->protocol);
+    Py_XDECREF(st->extended);
+    PyObject_Free(st);
+}
+
+static PyMemberDef Statement_members[] = {
+    {"fragment", T_OBJECT_EX, offsetof(Statement, fragment), READONLY, NULL},
+    {"text", T_OBJECT_EX, offsetof(Statement, text), READONLY, NULL},
+    {"fingerprint", T_OBJECT_EX, offsetof(Statement, fingerprint), READONLY, NULL},
+    {"decision", T_OBJECT_EX, offsetof(Statement, decision), READONLY, NULL},
+    {"protocol", T_OBJECT_EX, offsetof(Statement, protocol), READONLY, NULL},
+    {"extended", T_OBJECT_EX, offsetof(Statement, extended), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject StatementType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.session._trail.Statement",
+    .tp_basicsize = sizeof(Statement),
+    .tp_dealloc = (destructor)Statement_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A simple query decided by the C fast path (see _Prepared).",
+    .tp_members = Statement_members,
+};
+
 /* ------------------------------------------------------------------ Trail */
 
 typedef struct {
@@ -152,7 +199,12 @@ typedef struct {
     PyObject *session;    /* bytes: the session's members of a statement event */
     PyObject *id_prefix;  /* bytes: '"<session_id>:' */
     PyObject *popleft, *append;
+    PyObject *cache;      /* DecisionCache: version, shape_hits */
+    PyObject *shapes;     /* dict: shape -> (Decision, fingerprint, event suffix) */
+    PyObject *shape_fn;   /* gateway.sql.shape.shape */
+    PyObject *admit;      /* None, or called before each statement: a refusal or None */
     int fast;             /* 0: every watched message goes to Python */
+    int audit;            /* 0: a policy-only session (no trail: only Query is handled) */
 } Trail;
 
 static int
@@ -170,6 +222,10 @@ Trail_traverse(Trail *t, visitproc visit, void *arg)
     Py_VISIT(t->raw);
     Py_VISIT(t->popleft);
     Py_VISIT(t->append);
+    Py_VISIT(t->cache);
+    Py_VISIT(t->shapes);
+    Py_VISIT(t->shape_fn);
+    Py_VISIT(t->admit);
     return 0;
 }
 
@@ -190,6 +246,10 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->id_prefix);
     Py_CLEAR(t->popleft);
     Py_CLEAR(t->append);
+    Py_CLEAR(t->cache);
+    Py_CLEAR(t->shapes);
+    Py_CLEAR(t->shape_fn);
+    Py_CLEAR(t->admit);
     t->fast = 0;
     return 0;
 }
@@ -207,15 +267,18 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Trail *t;
     PyObject *hooks, *relay, *frontend, *backend, *statements, *portals, *pending, *refused,
-        *emit, *raw, *session, *id_prefix;
-    int fast;
+        *emit, *raw, *session, *id_prefix, *cache, *shapes, *shape_fn, *admit;
+    int fast, audit;
     static char *kwlist[] = {"hooks", "relay", "frontend", "backend", "statements",
                              "portals", "pending", "refused", "emit", "raw", "session",
-                             "id_prefix", "fast", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!OO!OOSSp", kwlist, &hooks, &relay,
-                                     &frontend, &backend, &PyDict_Type, &statements,
+                             "id_prefix", "fast", "audit", "cache", "shapes", "shape",
+                             "admit", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!OO!OOSSppOO!OO", kwlist, &hooks,
+                                     &relay, &frontend, &backend, &PyDict_Type, &statements,
                                      &PyDict_Type, &portals, &pending, &PyDict_Type,
-                                     &refused, &emit, &raw, &session, &id_prefix, &fast))
+                                     &refused, &emit, &raw, &session, &id_prefix, &fast,
+                                     &audit, &cache, &PyDict_Type, &shapes, &shape_fn,
+                                     &admit))
         return NULL;
     t = (Trail *)type->tp_alloc(type, 0);
     if (t == NULL)
@@ -232,7 +295,12 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     t->raw = Py_NewRef(raw);
     t->session = Py_NewRef(session);
     t->id_prefix = Py_NewRef(id_prefix);
+    t->cache = Py_NewRef(cache);
+    t->shapes = Py_NewRef(shapes);
+    t->shape_fn = Py_NewRef(shape_fn);
+    t->admit = Py_NewRef(admit);
     t->fast = fast;
+    t->audit = audit;
     t->popleft = PyObject_GetAttr(pending, str_popleft);
     t->append = PyObject_GetAttr(pending, str_append);
     if (t->popleft == NULL || t->append == NULL) {
@@ -723,6 +791,158 @@ on_ready(Trail *t, unsigned char status, long long ended)
     return 1;
 }
 
+/*
+ * A simple Query whose text has a shape (gateway.sql.shape) this session already had
+ * allowed under the current policy version: what PolicyHooks would decide from the
+ * decision cache's shape tier, without calling back. Audited sessions also record it.
+ * 1 handled, 0 Python's, -1 error.
+ */
+static int
+on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
+{
+    PyObject *raw, *masked, *entry, *res, *unsafe;
+    long long version, mine, hits;
+    Py_ssize_t len = n - 1, i, escapes = 0;
+    if (PyDict_GET_SIZE(t->shapes) == 0)
+        return 0;
+    if (n < 1 || body[n - 1] != 0 || memchr(body, 0, len) != NULL)
+        return 0; /* malformed: Python raises the protocol violation */
+    version = get_ll(t->cache, str_version);
+    if (version == -1 && PyErr_Occurred())
+        return -1;
+    mine = get_ll(t->hooks, str_hooks_version);
+    if (mine == -1 && PyErr_Occurred())
+        return -1;
+    if (version != mine)
+        return 0; /* reloaded: PolicyHooks forgets what it allowed (in context()) */
+    unsafe = PyObject_GetAttr(t->hooks, str_unsafe);
+    if (unsafe == NULL)
+        return -1;
+    Py_DECREF(unsafe);
+    if (unsafe != Py_None)
+        return 0;
+    if (t->admit != Py_None) {
+        res = PyObject_CallNoArgs(t->admit);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+        if (res != Py_None)
+            return 0; /* the audit log cannot take it: Python refuses */
+    }
+    raw = PyBytes_FromStringAndSize(body, len);
+    if (raw == NULL)
+        return -1;
+    masked = PyObject_CallOneArg(t->shape_fn, raw);
+    if (masked == NULL) {
+        Py_DECREF(raw);
+        return -1;
+    }
+    entry = masked == Py_None ? NULL : PyDict_GetItemWithError(t->shapes, masked);
+    Py_DECREF(masked);
+    if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+        Py_DECREF(raw);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    hits = increment(t->cache, str_shape_hits);
+    if (hits < 0) {
+        Py_DECREF(raw);
+        return -1;
+    }
+    if (t->audit) {
+        /* A text with a shape is ASCII without quotes, backslashes or control characters
+         * other than tab, CR and LF: its JSON only escapes those three. */
+        PyObject *suffix = PyTuple_GET_ITEM(entry, 2), *fragment, *text;
+        Statement *st;
+        Pending *p;
+        long long bytes_out, seq;
+        char *w;
+        if (!PyBytes_Check(suffix)) {
+            Py_DECREF(raw);
+            PyErr_SetString(PyExc_TypeError, "shape entry without an event suffix");
+            return -1;
+        }
+        for (i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)body[i];
+            if (c == '\t' || c == '\r' || c == '\n')
+                escapes++;
+            else if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') {
+                Py_DECREF(raw);
+                return 0; /* not a shape's alphabet after all: Python's */
+            }
+        }
+        fragment = PyBytes_FromStringAndSize(NULL, 30 + len + escapes + 1 +
+                                             PyBytes_GET_SIZE(suffix));
+        if (fragment == NULL) {
+            Py_DECREF(raw);
+            return -1;
+        }
+        w = PyBytes_AS_STRING(fragment);
+        w = put(w, "\"protocol\":\"simple\",\"text\":\"");
+        for (i = 0; i < len; i++) {
+            char c = body[i];
+            if (c == '\t') {
+                *w++ = '\\';
+                *w++ = 't';
+            } else if (c == '\r') {
+                *w++ = '\\';
+                *w++ = 'r';
+            } else if (c == '\n') {
+                *w++ = '\\';
+                *w++ = 'n';
+            } else {
+                *w++ = c;
+            }
+        }
+        *w++ = '"';
+        w = put_bytes(w, suffix);
+        if (_PyBytes_Resize(&fragment, w - PyBytes_AS_STRING(fragment)) < 0) {
+            Py_DECREF(raw);
+            return -1;
+        }
+        text = PyUnicode_DecodeASCII(body, len, NULL);
+        Py_DECREF(raw);
+        if (text == NULL) {
+            Py_DECREF(fragment);
+            return -1;
+        }
+        st = PyObject_New(Statement, &StatementType);
+        if (st == NULL) {
+            Py_DECREF(fragment);
+            Py_DECREF(text);
+            return -1;
+        }
+        st->fragment = fragment;
+        st->text = text;
+        st->fingerprint = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+        st->decision = Py_NewRef(PyTuple_GET_ITEM(entry, 0));
+        st->protocol = Py_NewRef(str_simple);
+        st->extended = Py_NewRef(Py_False);
+        bytes_out = get_ll(t->relay, str_bytes_out);
+        if (bytes_out == -1 && PyErr_Occurred()) {
+            Py_DECREF(st);
+            return -1;
+        }
+        p = pending_make((PyObject *)st, batch, len + 6, bytes_out);
+        Py_DECREF(st);
+        if (p == NULL)
+            return -1;
+        seq = increment(t->hooks, str_seq);
+        if (seq < 0) {
+            Py_DECREF(p);
+            return -1;
+        }
+        p->id = seq;
+        res = PyObject_CallOneArg(t->append, (PyObject *)p);
+        Py_DECREF(p);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+    } else {
+        Py_DECREF(raw);
+    }
+    return 1;
+}
+
 /* The shared walk: see gateway.wire.scan.scan_py for the contract. side 0 = frontend. */
 static PyObject *
 walk(Trail *t, PyObject *const *args, Py_ssize_t nargs, int side)
@@ -802,10 +1022,18 @@ walk(Trail *t, PyObject *const *args, Py_ssize_t nargs, int side)
                         goto done;
                 }
                 if (side == 0) {
-                    if (ty == 'B')
+                    if (ty == 'Q') {
+                        /* A Query is its own request: counted once handled. */
+                        r = on_query(t, body, length - 4, base + requests + 1);
+                        if (r == 1)
+                            requests++;
+                    } else if (t->audit && ty == 'B') {
                         r = on_bind(t, body, length - 4, base + requests + 1);
-                    else if (ty == 'E')
+                    } else if (t->audit && ty == 'E') {
                         r = on_execute(t, body, length - 4, base + requests + 1);
+                    }
+                } else if (!t->audit) {
+                    r = 0;
                 } else if (ty == 'C') {
                     r = on_complete(t, body, length - 4);
                 } else if (ty == 'Z' && length == 5 &&
@@ -905,7 +1133,8 @@ PyMODINIT_FUNC
 PyInit__trail(void)
 {
     PyObject *m;
-    if (PyType_Ready(&PendingType) < 0 || PyType_Ready(&TrailType) < 0)
+    if (PyType_Ready(&PendingType) < 0 || PyType_Ready(&TrailType) < 0 ||
+        PyType_Ready(&StatementType) < 0)
         return NULL;
 #define INTERN(var, text)                                                                  \
     if ((var = PyUnicode_InternFromString(text)) == NULL)                                  \
@@ -919,6 +1148,11 @@ PyInit__trail(void)
     INTERN(str_extended, "extended");
     INTERN(str_popleft, "popleft");
     INTERN(str_append, "append");
+    INTERN(str_version, "version");
+    INTERN(str_shape_hits, "shape_hits");
+    INTERN(str_unsafe, "_unsafe");
+    INTERN(str_simple, "simple");
+    INTERN(str_hooks_version, "_version");
 #undef INTERN
     if ((empty_str = PyUnicode_FromString("")) == NULL)
         return NULL;

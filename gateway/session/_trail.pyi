@@ -18,6 +18,14 @@ class Pending:
     parameters: list[str | None] | None
     def __init__(self, statement: Any, batch: int, bytes_in: int, out_mark: int) -> None: ...
 
+class Statement:
+    fragment: bytes
+    text: str
+    fingerprint: str
+    decision: Any
+    protocol: str
+    extended: bool
+
 class Trail:
     def __init__(
         self,
@@ -35,6 +43,11 @@ class Trail:
         session: bytes,
         id_prefix: bytes,
         fast: bool,
+        audit: bool,
+        cache: Any,
+        shapes: dict[bytes, Any],
+        shape: Callable[[bytes], bytes | None],
+        admit: Callable[[], Any] | None,
     ) -> None: ...
     def scan_frontend(
         self, data: bytes | bytearray | memoryview, pos: int, actions: bytes | bytearray,

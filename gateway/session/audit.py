@@ -29,7 +29,6 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
@@ -37,8 +36,9 @@ from gateway.audit.events import Event, StatementStartEvent
 from gateway.policy.cache import DecisionCache
 from gateway.policy.model import Action, Decision
 from gateway.session.hooks import Refusal, RelayState, Scan
-from gateway.session.policy import PolicyHooks
+from gateway.session.policy import PolicyHooks, ShapeEntry
 from gateway.sql import SqlSyntaxError, normalize
+from gateway.sql.shape import shape
 from gateway.wire.errors import ProtocolViolation
 from gateway.wire.framer import Framer
 from gateway.wire.frontend import Bind, decode_frontend
@@ -85,11 +85,17 @@ class _Prepared:
 
 def _fragment(protocol: str, text: str, fingerprint: str, decision: Decision) -> bytes:
     """The members of a statement event that come from the statement and its decision."""
-    return b'"protocol":"%s","text":%s,"fingerprint":%s,"decision":"%s","rule_ids":%s,' \
-        b'"observed_rule_ids":%s' % (
-            protocol.encode(), _enc(text), _enc(fingerprint), decision.action.label.encode(),
-            _enc([decision.rule_id]), _enc(list(decision.observed)),
-        )
+    return b'"protocol":"%s","text":%s%s' % (
+        protocol.encode(), _enc(text), _decision_suffix(fingerprint, decision))
+
+
+def _decision_suffix(fingerprint: str, decision: Decision) -> bytes:
+    """The members after ``text`` in :func:`_fragment` (the C fast path adds the same
+    after a text it encoded itself)."""
+    return b',"fingerprint":%s,"decision":"%s","rule_ids":%s,"observed_rule_ids":%s' % (
+        _enc(fingerprint), decision.action.label.encode(), _enc([decision.rule_id]),
+        _enc(list(decision.observed)),
+    )
 
 
 def _session_fragment(info: SessionInfo) -> bytes:
@@ -177,8 +183,7 @@ class AuditedHooks(PolicyHooks):
 
     __slots__ = (
         "_emit", "_executions", "_id_prefix", "_info", "_normalized", "_pending", "_portals",
-        "_record_parameters", "_relay", "_seq", "_session", "_statements", "_trail",
-        "statements",
+        "_record_parameters", "_relay", "_seq", "_session", "_statements", "statements",
     )
 
     def __init__(
@@ -203,7 +208,6 @@ class AuditedHooks(PolicyHooks):
         self._normalized = normalized_text
         self._record_parameters = record_parameters
         self._relay: RelayState | None = None
-        self._trail: Any = None
         self._seq = 0
         #: statement events written
         self.statements = 0
@@ -238,14 +242,17 @@ class AuditedHooks(PolicyHooks):
             refused=refused, emit=self._emit, raw=_Raw, session=self._session,
             id_prefix=self._id_prefix,
             # Parameters to record and strict mode's start events are Python's work.
-            fast=not (self._record_parameters or self.strict),
+            fast=not (self._record_parameters or self.strict), audit=True,
+            cache=self._cache, shapes=self._shapes, shape=shape,
+            admit=self._admit,
         )
         return self._trail.scan_frontend, self._trail.scan_backend
 
-    def detach_fast(self) -> None:
-        if self._trail is not None:
-            self._trail.close()
-            self._trail = None
+    def _shape_entry(self, decision: Decision, fingerprint: str) -> ShapeEntry | None:
+        if self._normalized:
+            return None  # the recorded text is PostgreSQL's normalization: Python's work
+        return (decision, fingerprint, _decision_suffix(fingerprint, decision))
+
 
     # -- what the client sends ----------------------------------------------------------
 

@@ -20,13 +20,25 @@ reported by the server (ParameterStatus), so:
 
 from __future__ import annotations
 
+import collections
 import logging
+from typing import Any
 
 from gateway.policy.cache import DecisionCache
 from gateway.policy.engine import DEFAULT_RULE_ID, function_call_decision
 from gateway.policy.model import Action, Decision, DecisionContext
-from gateway.session.hooks import Refusal, SessionHooks
+from gateway.session.hooks import Refusal, RelayState, Scan, SessionHooks
 from gateway.sql import parser_setting_safe
+from gateway.sql.shape import shape
+from gateway.wire.framer import Framer
+
+try:  # the optional C fast path (gateway/session/_trail.c)
+    from gateway.session import _trail
+except ImportError:  # pragma: no cover - depends on the build
+    _trail = None  # type: ignore[assignment]
+
+#: Whether sessions use the C fast path (tests turn it off to check both paths agree).
+ACCELERATED = _trail is not None
 
 log = logging.getLogger("pgwarden.policy")
 
@@ -35,6 +47,11 @@ _NOTHING_YET = Decision(Action.ALLOW, DEFAULT_RULE_ID)
 # Per session: how many allowed texts are remembered, and up to what length.
 _ALLOWED_MEMO = 64
 _ALLOWED_MEMO_TEXT = 4096
+# Per session: how many shapes of allowed texts the C fast path may serve.
+_SHAPES_MEMO = 256
+#: A session's memo of allowed shapes: shape -> (decision, fingerprint, the statement
+#: event's members after "text" when the session is audited, else b"").
+ShapeEntry = tuple[Decision, str, bytes]
 SQLSTATE_BAD_ENCODING = "22021"  # character_not_in_repertoire, as PostgreSQL reports it
 SQLSTATE_NOT_SUPPORTED = "0A000"
 
@@ -57,8 +74,8 @@ class PolicyHooks(SessionHooks):
     active = True
 
     __slots__ = (
-        "_allowed", "_cache", "_ctx", "_unsafe", "_version", "database", "fingerprint",
-        "outcome", "principal", "role",
+        "_allowed", "_cache", "_ctx", "_shapes", "_trail", "_unsafe", "_version", "database",
+        "fingerprint", "outcome", "principal", "role",
     )
 
     def __init__(
@@ -80,6 +97,11 @@ class PolicyHooks(SessionHooks):
         # under policy version _version: a session repeats its statements, and this
         # serves them with one lookup of the bytes as received. Cleared on reload.
         self._allowed: dict[bytes, tuple[Decision, str]] = {}
+        # Shapes (gateway.sql.shape) of texts served allowed by the decision cache's shape
+        # tier: the C fast path serves later texts of the same shape from here without
+        # calling back (see fast_scans). Cleared with _allowed.
+        self._shapes: dict[bytes, ShapeEntry] = {}
+        self._trail: Any = None
         #: What the last statement hook decided and the statement's fingerprint (read by
         #: the audit trail right after the hook returns).
         self.outcome: Decision | Refusal = _NOTHING_YET
@@ -96,6 +118,7 @@ class PolicyHooks(SessionHooks):
             self._version = cache.version
             self._ctx = cache.policy.context(self.role, self.principal, self.database)
             self._allowed.clear()
+            self._shapes.clear()
         return self._ctx
 
     def decide(self, sql: bytes) -> tuple[Decision | Refusal, str]:
@@ -143,12 +166,51 @@ class PolicyHooks(SessionHooks):
         if isinstance(outcome, Decision) and outcome.allowed and not outcome.observed:
             # A text served by its shape has constants that change from statement to
             # statement (simple protocol): remembering it would only churn the memo.
-            if len(sql) <= _ALLOWED_MEMO_TEXT and self._cache.shape_hits == shape_hits:
+            if self._cache.shape_hits != shape_hits:
+                if self._trail is not None and what == "query":
+                    self._remember_shape(sql, outcome)
+            elif len(sql) <= _ALLOWED_MEMO_TEXT:
                 if len(self._allowed) >= _ALLOWED_MEMO:
                     self._allowed.clear()
                 self._allowed[sql] = (outcome, self.fingerprint)
             return None
         return self._verdict(outcome, what)
+
+    def _remember_shape(self, sql: bytes, outcome: Decision) -> None:
+        """Let the C fast path serve later queries of this text's shape."""
+        entry = self._shape_entry(outcome, self.fingerprint)
+        masked = shape(sql)
+        if entry is None or masked is None:
+            return
+        if len(self._shapes) >= _SHAPES_MEMO:
+            self._shapes.clear()
+        self._shapes[masked] = entry
+
+    def _shape_entry(self, decision: Decision, fingerprint: str) -> ShapeEntry | None:
+        """What the fast path needs to serve a query like the one just allowed."""
+        return (decision, fingerprint, b"")
+
+    def fast_scans(
+        self, relay: RelayState, frontend: Framer, backend: Framer,
+        refused: dict[bytes, Refusal],
+    ) -> tuple[Scan, Scan] | None:
+        """A client-side walk that lets through, without calling back, the Queries this
+        session's memo of allowed shapes decides (what the decision cache's shape tier
+        would); the server side is not watched for policy."""
+        if not ACCELERATED:
+            return None
+        self._trail = _trail.Trail(
+            hooks=self, relay=relay, frontend=frontend, backend=backend, statements={},
+            portals={}, pending=collections.deque(), refused=refused, emit=_no_emit,
+            raw=bytes, session=b"", id_prefix=b"", fast=True, audit=False,
+            cache=self._cache, shapes=self._shapes, shape=shape, admit=None,
+        )
+        return self._trail.scan_frontend, backend.scan
+
+    def detach_fast(self) -> None:
+        if self._trail is not None:
+            self._trail.close()
+            self._trail = None
 
     def on_query(self, sql: bytes) -> Refusal | None:
         return self._statement(sql, "query")
@@ -170,4 +232,9 @@ class PolicyHooks(SessionHooks):
         if reason is not None:
             self._unsafe = reason
             self._allowed.clear()
+            self._shapes.clear()
         return reason
+
+
+def _no_emit(event: object) -> None:
+    """A policy-only session records nothing (the C walk never calls it)."""

@@ -14,6 +14,7 @@ from gateway.policy.baseline import BASELINE
 from gateway.policy.cache import DecisionCache
 from gateway.policy.engine import Policy
 from gateway.session import audit as audit_module
+from gateway.session import policy as policy_module
 from gateway.session.audit import AuditedHooks, SessionInfo, rows_of
 from gateway.session.relay import Relay
 from gateway.wire.backend import error_response
@@ -33,6 +34,7 @@ def trail_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         assert audit_module.ACCELERATED, "gateway.session._trail was not built"
     else:
         monkeypatch.setattr(audit_module, "ACCELERATED", False)
+        monkeypatch.setattr(policy_module, "ACCELERATED", False)
         monkeypatch.setattr(audit_module, "_Pending", audit_module._PyPending)
     return str(request.param)
 

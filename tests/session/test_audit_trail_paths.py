@@ -22,6 +22,7 @@ from gateway.policy.baseline import BASELINE
 from gateway.policy.cache import DecisionCache
 from gateway.policy.engine import Policy
 from gateway.session import audit as audit_module
+from gateway.session import policy as policy_module
 from gateway.session.audit import AuditedHooks
 from gateway.session.relay import Relay
 from gateway.wire.backend import error_response
@@ -32,6 +33,20 @@ from tests.session.test_relay import Sink, msg
 Z_TX = msg(b"Z", b"T")
 TIMES = ("at", "start", "end", "duration_us")
 ROW = msg(b"D", b"\x00\x01\x00\x00\x00\x011")
+
+
+def slow_path(m: pytest.MonkeyPatch) -> None:
+    """No C fast path: what a build without gateway.session._trail does."""
+    m.setattr(audit_module, "ACCELERATED", False)
+    m.setattr(policy_module, "ACCELERATED", False)
+    m.setattr(audit_module, "_Pending", audit_module._PyPending)
+
+
+def simple_select(aid: int) -> bytes:
+    return msg(b"Q", cstr(f"SELECT abalance FROM pgbench_accounts\n\tWHERE aid = {aid};"))
+
+
+SIMPLE_ANSWER = msg(b"T", b"\x00\x00") + ROW + msg(b"C", cstr("SELECT 1")) + msg(b"Z", b"I")
 
 
 def complete(tag: str) -> bytes:
@@ -99,6 +114,12 @@ CONVERSATION: list[Step] = [
     ("s", Z_IDLE),
     ("c", bind("", "b") + EXECUTE + SYNC),
     ("s", msg(b"2") + complete("SELECT 1") + Z_IDLE),
+    # pgbench -S in simple mode: a new constant each time (the shape tier's case)
+    *[step for aid in (17, 4242, 99, 100000, 5) for step in (
+        ("c", simple_select(aid)), ("s", SIMPLE_ANSWER))],
+    ("c", simple_select(7) + simple_select(8)),
+    ("s", SIMPLE_ANSWER),
+    ("s", error_response("57014", "canceling statement due to user request") + Z_IDLE),
     ("c", msg(b"Q", cstr("SELECT pg_sleep(10)"))),
 ]
 
@@ -108,8 +129,7 @@ def run(accelerated: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[
 ]:
     with monkeypatch.context() as m:
         if not accelerated:
-            m.setattr(audit_module, "ACCELERATED", False)
-            m.setattr(audit_module, "_Pending", audit_module._PyPending)
+            slow_path(m)
         raw: list[bytes] = []
 
         def emit(event: object) -> None:
@@ -155,8 +175,9 @@ def test_c_fast_path_writes_what_the_python_trail_writes(
     # the conversation is worth checking: every kind of outcome is in it
     tags = [dict(e)["command_tag"] for e in events]
     assert 'ODD "TAG" 7' in tags and "SUSPENDED" in tags and "FETCH 1" in tags
-    assert {dict(e)["sqlstate"] for e in events} >= {"", "22012", "26000", "42501", "08006"}
-    assert len(events) == fast[3] == 21
+    assert {dict(e)["sqlstate"] for e in events} >= {"", "22012", "26000", "42501", "08006",
+                                                     "57014"}
+    assert len(events) == fast[3] == 28
 
 
 def test_event_bytes_are_identical_apart_from_the_clock(
@@ -167,8 +188,7 @@ def test_event_bytes_are_identical_apart_from_the_clock(
     for accelerated in (True, False):
         with monkeypatch.context() as m:
             if not accelerated:
-                m.setattr(audit_module, "ACCELERATED", False)
-                m.setattr(audit_module, "_Pending", audit_module._PyPending)
+                slow_path(m)
             m.setattr(audit_module, "_now", lambda: 1_700_000_000_000_000_000)
             raw: list[bytes] = []
             hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {},
@@ -208,3 +228,115 @@ def test_plain_executions_do_not_call_back_into_python(
         relay.client_data(bind("", "s") + EXECUTE + SYNC)
         relay.server_data(msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE)
     assert len(raw) == 3 and hooks.statements == 3
+
+
+def test_repeated_simple_queries_do_not_call_back_into_python(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the decision cache served a query's shape, later queries of that shape are
+    decided and recorded by the C walks."""
+    assert audit_module.ACCELERATED, "gateway.session._trail was not built"
+    raw: list[bytes] = []
+    cache = DecisionCache(Policy(BASELINE))
+    hooks = AuditedHooks(cache, INFO, {}, lambda e: raw.append(bytes(e)))
+    relay = Relay(Sink(), Sink(), hooks)
+    for aid in (1, 2):  # parsed, then served by the shape tier (and remembered)
+        relay.client_data(simple_select(aid))
+        relay.server_data(SIMPLE_ANSWER)
+
+    def called(*args: object) -> None:
+        raise AssertionError("a hook method ran")
+
+    for name in ("on_query", "on_complete", "on_ready"):
+        monkeypatch.setattr(AuditedHooks, name, called)
+    hits = cache.shape_hits
+    for aid in (3, 4, 5):
+        relay.client_data(simple_select(aid))
+        relay.server_data(SIMPLE_ANSWER)
+    assert cache.shape_hits == hits + 3
+    texts = [msgspec.json.decode(e)["text"] for e in raw]
+    assert texts[-1] == "SELECT abalance FROM pgbench_accounts\n\tWHERE aid = 5;"
+    assert len(raw) == 5 and hooks.statements == 5
+
+
+def test_fast_path_never_serves_a_text_without_a_remembered_shape(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An attack on the fast path: texts that look like an allowed one but are another
+    statement (or have another shape) always reach the policy engine, and the dangerous
+    ones are refused."""
+    assert audit_module.ACCELERATED, "gateway.session._trail was not built"
+    cache = DecisionCache(Policy(BASELINE))
+    hooks = AuditedHooks(cache, INFO, {}, lambda e: None)
+    server = Sink()
+    relay = Relay(Sink(), server, hooks)
+    for aid in (1, 2):
+        relay.client_data(simple_select(aid))
+        relay.server_data(SIMPLE_ANSWER)
+    seen: list[bytes] = []
+    original = AuditedHooks.on_query
+
+    def watched(self: AuditedHooks, sql: bytes) -> object:
+        seen.append(sql)
+        return original(self, sql)
+
+    monkeypatch.setattr(AuditedHooks, "on_query", watched)
+    base = "SELECT abalance FROM pgbench_accounts\n\tWHERE aid = "
+    attacks = [
+        base + "5; DELETE FROM t;",  # a second statement
+        base + "5; UPDATE pgbench_accounts SET abalance = 0;",
+        base + "5 OR pg_read_file('x') = '';",  # a function call
+        base + "5;--",  # a comment
+        base + "'5'::text;",  # another shape
+        base + "5 ;",
+        "select abalance FROM pgbench_accounts\n\tWHERE aid = 5;",  # case
+    ]
+    for attack in attacks:
+        before = len(server.bytes())
+        relay.client_data(msg(b"Q", cstr(attack)))
+        assert seen[-1] == attack.encode(), attack
+        if "DELETE" in attack or "UPDATE" in attack or "pg_read_file" in attack:
+            assert b"pgwarden_refused_" in server.bytes()[before:], attack
+            relay.server_data(refused_error(server) + Z_IDLE)
+        else:
+            relay.server_data(SIMPLE_ANSWER)
+    assert len(seen) == len(attacks)
+
+
+def test_policy_only_sessions_serve_remembered_shapes_until_a_reload_or_unsafe_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.session.policy import PolicyHooks
+
+    assert policy_module.ACCELERATED, "gateway.session._trail was not built"
+    cache = DecisionCache(Policy(BASELINE))
+    hooks = PolicyHooks(cache, "etl", "ci:repo", "appdb", {})
+    server = Sink()
+    relay = Relay(Sink(), server, hooks)
+    seen: list[bytes] = []
+    original = PolicyHooks.on_query
+
+    def watched(self: PolicyHooks, sql: bytes) -> object:
+        seen.append(sql)
+        return original(self, sql)
+
+    monkeypatch.setattr(PolicyHooks, "on_query", watched)
+    for aid in range(6):
+        relay.client_data(simple_select(aid))
+        relay.server_data(SIMPLE_ANSWER)
+    assert len(seen) == 2  # parsed, then served by the cache's shape tier; then in C
+    assert relay.pending == 0 and server.bytes().count(b"pgbench_accounts") == 6
+    cache.invalidate(Policy(BASELINE))  # a new policy version: decided afresh
+    relay.client_data(simple_select(6))
+    relay.server_data(SIMPLE_ANSWER)
+    assert len(seen) == 3
+    relay.client_data(simple_select(7))
+    relay.server_data(SIMPLE_ANSWER)
+    relay.client_data(simple_select(8))
+    relay.server_data(SIMPLE_ANSWER)
+    assert len(seen) == 4  # remembered again under the new version
+    # the server reports an encoding pgwarden cannot inspect: nothing is served any more
+    relay.server_data(msg(b"S", cstr("client_encoding") + cstr("SJIS")))
+    before = len(server.bytes())
+    relay.client_data(simple_select(9))
+    assert len(seen) == 5 and b"pgwarden_refused_" in server.bytes()[before:]
