@@ -1,24 +1,35 @@
 """Audit records: the byte layout, the signed JSON payload, and the per-worker hash chain.
 
-This module owns the record format specified in docs/audit-format.md (keep them in step)
-and :class:`Chain`, the state a worker needs to produce the next record of its chain. It
-does no I/O: the spool stores records, the verifier checks them.
+This module owns the record format specified in docs/audit-format.md (keep them in step):
+both record versions, the bounded decompression of version 2 payloads, and
+:class:`Chain`, the state a worker needs to produce the next record of its chain. It does
+no I/O: the spool stores records, the verifier checks them.
 
 A record is::
 
-    magic "PGWA" | version 0x01 | payload length (u32 BE) | payload | key id (16) | signature (64)
+    magic "PGWA" | version | payload length (u32 BE) | payload | key id (16) | signature (64)
 
-The payload is the UTF-8 JSON produced by the writer. The signature is Ed25519 over
-``b"pgwarden-audit-v1\\x00" + SHA-256(header + payload)``: the *bytes* as written, so JSON
-needs no canonical form, and a verifier in another language checks the signature first
-and only then parses, never re-serializing anything. Signing a digest rather than the
-payload itself is a measured choice: Ed25519 hashes its message twice with SHA-512, which
-cost 1.6 ms for a 512-statement (316 KB) batch against 0.2 ms for SHA-256 plus signing 50
-bytes, and the SHA-256 state after the payload is reused for the chain hash, so the
-payload is hashed exactly once. Every field that means something (gateway,
-worker, epoch, sequence number, previous hash, kind, key id, link to the previous epoch,
-events) is inside the payload, hence signed; the envelope's key id is only a hint for
-finding the key, and the verifier checks it against the payload's.
+The payload is the UTF-8 JSON produced by the writer: stored as is in a version 1 record,
+as one zstd frame (level 1) in a version 2 record. Compression exists for throughput: the
+record's bytes are hashed, CRC'd, written, fsynced, read back and sent to Kafka, and a
+batch of thousands of statement events shrinks about thirtyfold (measured: 8192 events,
+~6 MB of JSON, ~150 KB compressed), so every one of those passes gets that much cheaper.
+
+The signature is Ed25519 over ``b"pgwarden-audit-v1\\x00" + SHA-256(header + stored
+payload)``: the *bytes* as written (for version 2 the compressed ones), so JSON needs no
+canonical form, and a verifier in another language checks the signature first and only
+then decompresses and parses, never re-serializing anything and never decompressing bytes
+nobody signed. Decompression is bounded by :data:`MAX_PAYLOAD_BYTES` all the same: a
+signing key can be stolen, and a verifier must not be exhausted by a small record that
+expands without end.
+
+Signing a digest rather than the payload itself is a measured choice: Ed25519 hashes its
+message twice with SHA-512, which cost 1.6 ms for a 512-statement (316 KB) batch against
+0.2 ms for SHA-256 plus signing 50 bytes, and the SHA-256 state after the payload is
+reused for the chain hash, so the payload is hashed exactly once. Every field that means
+something (gateway, worker, epoch, sequence number, previous hash, kind, key id, link to
+the previous epoch, events) is inside the payload, hence signed; the envelope's key id is
+only a hint for finding the key, and the verifier checks it against the payload's.
 
 The chain hash of a record is SHA-256 of the whole record (envelope and signature
 included), so a record's successor pins every byte of it.
@@ -34,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
+import zstandard
 from nacl.signing import SigningKey
 
 from gateway.audit.events import SCHEMA_VERSION, Event
@@ -41,30 +53,52 @@ from gateway.audit.keys import KEY_ID_BYTES, key_id
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "FORMAT_VERSION_PLAIN",
+    "FORMAT_VERSION_ZSTD",
     "GENESIS_HASH",
     "MAGIC",
+    "MAX_PAYLOAD_BYTES",
     "SIGNATURE_BYTES",
     "SIGNATURE_DOMAIN",
     "Batch",
     "BatchHeader",
     "Chain",
     "ChainClosed",
+    "Compression",
     "Kind",
     "Link",
     "ParsedRecord",
+    "PayloadError",
     "RecordError",
     "SourcedRecord",
     "decode_batch",
     "decode_header",
+    "inflate",
     "link_to",
     "parse_record",
     "partition_key",
+    "payload_json",
     "record_hash",
     "signed_message",
 ]
 
 MAGIC = b"PGWA"
-FORMAT_VERSION = 1
+#: Record format 1: the payload is stored as JSON text.
+FORMAT_VERSION_PLAIN = 1
+#: Record format 2: the payload is stored as one zstd frame of that JSON text.
+FORMAT_VERSION_ZSTD = 2
+#: The record versions this code reads (and can write).
+FORMAT_VERSIONS = frozenset({FORMAT_VERSION_PLAIN, FORMAT_VERSION_ZSTD})
+#: The version :class:`Chain` writes unless told otherwise.
+FORMAT_VERSION = FORMAT_VERSION_ZSTD
+#: The most a version 2 payload may decompress to. A pgwarden batch is far below it
+#: (8192 statement events are ~6 MB of JSON); the bound is what a verifier needs so that a
+#: record made with a stolen key cannot exhaust its memory. docs/audit-format.md states it.
+MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+#: zstd level of the payloads pgwarden writes: the fastest regular level. Readers do not
+#: care which level a writer used.
+ZSTD_LEVEL = 1
 SIGNATURE_DOMAIN = b"pgwarden-audit-v1\x00"
 SIGNATURE_BYTES = 64
 _HEADER = struct.Struct(">4sBI")
@@ -74,6 +108,8 @@ TRAILER_BYTES = KEY_ID_BYTES + SIGNATURE_BYTES  # 80
 GENESIS_HASH = "0" * 64
 
 Kind = Literal["open", "data", "close"]
+#: How a :class:`Chain` stores payloads: ``"zstd"`` (record version 2) or ``"none"`` (1).
+Compression = Literal["zstd", "none"]
 Hex64 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Hex32 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{32}$")]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
@@ -81,6 +117,11 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 class RecordError(ValueError):
     """A record's envelope is malformed (the message says how)."""
+
+
+class PayloadError(RecordError):
+    """A version 2 record's stored payload does not decompress to a payload: it is not
+    one zstd frame, the frame is corrupt, or it expands beyond the limit."""
 
 
 class Link(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -140,17 +181,27 @@ class SourcedRecord(NamedTuple):
 
 
 class ParsedRecord(NamedTuple):
-    """A record split along its envelope; nothing verified yet."""
+    """A record split along its envelope; nothing verified, nothing decompressed yet.
+
+    ``payload`` is the payload *as stored*: JSON in version 1, a zstd frame in version 2
+    (:func:`payload_json` gives the JSON of either).
+    """
 
     payload: bytes
     key_id: str  # hex, from the (unsigned) envelope
     signature: bytes
-    signed_part: bytes  # header + payload: what the signature's digest covers
+    signed_part: bytes  # header + stored payload: what the signature's digest covers
+    version: int = FORMAT_VERSION_PLAIN  # the header's version byte
 
 
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(Batch)
 _header_decoder = msgspec.json.Decoder(BatchHeader)
+_ZSTD_MAGIC = zstandard.FRAME_HEADER  # 28 b5 2f fd
+#: Input fed to the streaming decoder per step, for frames that do not declare their size.
+#: A zstd block expands to at most 128 KiB and takes at least 4 bytes, so one step yields
+#: at most 8 MiB: the limit is overshot by that much at worst before it is noticed.
+_STREAM_STEP = 256
 
 
 def signed_message(signed_part: bytes) -> bytes:
@@ -175,15 +226,18 @@ def partition_key(gateway: str, worker: int) -> bytes:
 
 
 def parse_record(record: bytes) -> ParsedRecord:
-    """Split a record into payload, envelope key id and signature; raise RecordError if
-    the envelope is malformed."""
+    """Split a record into stored payload, envelope key id and signature; raise
+    RecordError if the envelope is malformed. Decompresses nothing."""
     if len(record) < HEADER_BYTES + TRAILER_BYTES:
         raise RecordError(f"record too short ({len(record)} bytes)")
     magic, version, length = _HEADER.unpack_from(record)
     if magic != MAGIC:
         raise RecordError(f"bad magic {magic!r} (expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        raise RecordError(f"unsupported record version {version} (this verifier reads 1)")
+    if version not in FORMAT_VERSIONS:
+        raise RecordError(
+            f"unsupported record version {version} (this verifier reads "
+            f"{' and '.join(map(str, sorted(FORMAT_VERSIONS)))})"
+        )
     expected = HEADER_BYTES + length + TRAILER_BYTES
     if len(record) != expected:
         raise RecordError(
@@ -196,23 +250,139 @@ def parse_record(record: bytes) -> ParsedRecord:
         record[end : end + KEY_ID_BYTES].hex(),
         record[end + KEY_ID_BYTES :],
         record[:end],
+        version,
     )
 
 
-def decode_batch(payload: bytes) -> Batch:
-    """The payload as a Batch; raises ``msgspec.ValidationError``/``DecodeError``."""
-    return _batch_decoder.decode(payload)
+def inflate(stored: bytes, limit: int | None = None) -> bytes:
+    """The JSON of a version 2 stored payload: ``stored`` must be exactly one zstd frame
+    (no dictionary, nothing before or after it) that decompresses to at most ``limit``
+    bytes (default :data:`MAX_PAYLOAD_BYTES`). Raises :class:`PayloadError` otherwise.
+
+    Memory stays bounded by the limit whatever the frame claims: a declared size is
+    checked before anything is allocated, and a frame without one is decompressed in
+    small steps, stopping as soon as the output passes the limit.
+    """
+    if limit is None:
+        limit = MAX_PAYLOAD_BYTES
+    if not stored.startswith(_ZSTD_MAGIC):
+        raise PayloadError(
+            f"the stored payload is not a zstd frame: it begins {stored[:4].hex(' ') or '(empty)'}"
+            f", not with the zstd magic number {_ZSTD_MAGIC.hex(' ')}"
+        )
+    try:
+        params = zstandard.get_frame_parameters(stored)
+    except zstandard.ZstdError as exc:
+        raise PayloadError(f"the zstd frame header cannot be read ({exc})") from None
+    if params.dict_id:
+        raise PayloadError(
+            f"the zstd frame needs dictionary {params.dict_id}; payloads are compressed "
+            "without one"
+        )
+    dctx = zstandard.ZstdDecompressor()
+    failure = ""
+    if params.content_size != zstandard.CONTENTSIZE_UNKNOWN:
+        if params.content_size > limit:
+            raise PayloadError(
+                f"the zstd frame declares a content size of {params.content_size} bytes, "
+                f"more than the {limit} bytes a payload may decompress to (refused before "
+                "decompressing anything)"
+            )
+        # Known and within the limit: one call into a buffer of exactly that size (the
+        # zstandard binding sizes it by the header, ignoring max_output_size, hence the
+        # check above); zstd refuses a frame whose content does not match the declared size.
+        try:
+            return dctx.decompress(stored, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            # Say precisely what is wrong: step by step, as bounded as ever.
+            failure = str(exc)
+            dctx = zstandard.ZstdDecompressor()
+    out, ended, consumed, error = _stream(dctx, stored, limit)
+    if len(out) > limit:
+        raise PayloadError(
+            f"the zstd frame decompresses to more than the {limit} bytes a payload may "
+            f"decompress to (decompression stopped at {len(out)} bytes)"
+        )
+    if not ended:
+        raise PayloadError(
+            f"the zstd frame does not decompress ({error or failure or 'it is cut short'})"
+        )
+    if consumed != len(stored):
+        raise PayloadError(
+            f"{len(stored) - consumed} bytes follow the zstd frame; a payload is one frame"
+        )
+    if failure:
+        raise PayloadError(f"the zstd frame does not decompress ({failure})")
+    return bytes(out)
 
 
-def decode_header(payload: bytes) -> BatchHeader:
-    """Only the header fields of a payload; raises like :func:`decode_batch`."""
-    return _header_decoder.decode(payload)
+def _stream(
+    dctx: zstandard.ZstdDecompressor, stored: bytes, limit: int
+) -> tuple[bytearray, bool, int, str]:
+    """Decompress ``stored`` step by step until the frame ends, an error, or the output
+    passes ``limit``: (output, whether the frame ended, bytes of input the frame took,
+    the error if any)."""
+    obj = dctx.decompressobj()
+    out = bytearray()
+    for start in range(0, len(stored), _STREAM_STEP):
+        piece = stored[start : start + _STREAM_STEP]
+        try:
+            out += obj.decompress(piece)
+        except zstandard.ZstdError as exc:
+            return out, False, start, str(exc)
+        if len(out) > limit:
+            return out, False, start + len(piece), ""
+        if obj.eof:
+            return out, True, start + len(piece) - len(obj.unused_data), ""
+    return out, False, len(stored), ""
+
+
+def payload_prefix(stored: bytes, size: int) -> bytes:
+    """Up to about ``size`` bytes of what a version 2 stored payload decompresses to, as
+    far as it decompresses: to name a batch whose payload is refused. Never raises."""
+    if not stored.startswith(_ZSTD_MAGIC):
+        return b""
+    return bytes(_stream(zstandard.ZstdDecompressor(), stored, size)[0])
+
+
+def payload_json(parsed: ParsedRecord) -> bytes:
+    """The JSON payload of a parsed record of either version (decompressed, bounded, for
+    version 2). Raises :class:`PayloadError`. Whoever does not trust the record's source
+    checks its signature first (the verifier does)."""
+    if parsed.version == FORMAT_VERSION_ZSTD:
+        return inflate(parsed.payload)
+    return parsed.payload
+
+
+def _json_of(payload: bytes | ParsedRecord) -> bytes:
+    if isinstance(payload, ParsedRecord):
+        return payload_json(payload)
+    if payload.startswith(_ZSTD_MAGIC):
+        # JSON text never begins with "(" (0x28): this is a stored version 2 payload,
+        # whose version only the record's header can vouch for.
+        raise msgspec.DecodeError(
+            "this is a compressed (version 2) stored payload, not JSON: pass the parsed "
+            "record itself, as in decode_batch(parse_record(record))"
+        )
+    return payload
+
+
+def decode_batch(payload: bytes | ParsedRecord) -> Batch:
+    """The payload as a Batch: JSON bytes, or a record from :func:`parse_record` of either
+    version. Raises ``msgspec.ValidationError``/``DecodeError``, or PayloadError."""
+    return _batch_decoder.decode(_json_of(payload))
+
+
+def decode_header(payload: bytes | ParsedRecord) -> BatchHeader:
+    """Only the header fields of a payload; takes and raises like :func:`decode_batch`."""
+    return _header_decoder.decode(_json_of(payload))
 
 
 def link_to(record: bytes) -> Link:
     """The link a new epoch's open batch carries to ``record``, the last record of the
-    previous epoch. Raises RecordError or msgspec errors if it cannot be read."""
-    header = decode_header(parse_record(record).payload)
+    previous epoch (either version). Raises RecordError or msgspec errors if it cannot be
+    read."""
+    header = decode_header(parse_record(record))
     return Link(
         epoch=header.epoch,
         seq=header.seq,
@@ -231,6 +401,9 @@ class Chain:
     The first batch must be ``"open"`` (carrying ``link``), the last ``"close"``. Sealing
     advances the chain, so every record returned must be stored, in order: a record that
     is sealed and then lost is a gap the verifier will report.
+
+    ``compression``: ``"zstd"`` writes version 2 records, ``"none"`` version 1. One chain
+    may hold both (the setting can change across a restart).
     """
 
     def __init__(
@@ -242,11 +415,14 @@ class Chain:
         epoch: str | None = None,
         link: Link | None = None,
         clock: Callable[[], int] = time.time_ns,
+        compression: Compression = "zstd",
     ) -> None:
         if not gateway_id:
             raise ValueError("gateway_id must not be empty")
         if worker_id < 0:
             raise ValueError(f"worker_id must be >= 0, got {worker_id}")
+        if compression not in ("zstd", "none"):
+            raise ValueError(f"compression must be 'zstd' or 'none', got {compression!r}")
         self.gateway_id = gateway_id
         self.worker_id = worker_id
         #: 128 random bits as hex: unique per worker start without coordination.
@@ -259,6 +435,14 @@ class Chain:
         self._key = signing_key
         self._key_id_raw = bytes.fromhex(self.key_id)
         self._clock = clock
+        self.compression: Compression = compression
+        # One compressor per chain: a chain is sealed by one thread at a time, and the
+        # context's buffers are reused from batch to batch. The frame records its content
+        # size, so a reader allocates exactly once; no checksum, the signature covers it.
+        self._zstd = (
+            zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False)
+            if compression == "zstd" else None
+        )
 
     def seal(self, events: Sequence[Event | msgspec.Raw], kind: Kind = "data") -> bytes:
         """Encode and sign the next batch of the chain; returns the record bytes."""
@@ -269,8 +453,9 @@ class Chain:
                 "the first batch of an epoch must be 'open', and only the first"
                 f" (seq {self.seq}, kind {kind!r})"
             )
+        version = FORMAT_VERSION_ZSTD if self._zstd is not None else FORMAT_VERSION_PLAIN
         batch = _Sealing(
-            version=FORMAT_VERSION,
+            version=version,
             schema=SCHEMA_VERSION,
             gateway=self.gateway_id,
             worker=self.worker_id,
@@ -284,7 +469,15 @@ class Chain:
             events=events if isinstance(events, list) else list(events),
         )
         payload = _encoder.encode(batch)
-        header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload))
+        if self._zstd is not None:
+            if len(payload) <= MAX_PAYLOAD_BYTES:
+                payload = self._zstd.compress(payload)
+            else:
+                # Verifiers refuse a version 2 payload beyond the limit, so a batch that
+                # large (huge statement texts) is written as version 1, which verifies.
+                version = FORMAT_VERSION_PLAIN
+                payload = _encoder.encode(msgspec.structs.replace(batch, version=version))
+        header = _HEADER.pack(MAGIC, version, len(payload))
         hasher = hashlib.sha256(header)
         hasher.update(payload)
         signature = self._key.sign(SIGNATURE_DOMAIN + hasher.digest()).signature

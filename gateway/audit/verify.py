@@ -7,6 +7,13 @@ delivers them, and trusts nothing a signature does not cover: the envelope's key
 Kafka message key and a spool directory's name are hints that are checked against the
 signed payload, never believed.
 
+Version 1 and version 2 (zstd-compressed) records are read alike, and may be mixed in one
+chain. A version 2 payload is decompressed only after its signature verified, and never
+beyond :data:`gateway.audit.batch.MAX_PAYLOAD_BYTES`. So a version 2 record that fails the
+signature cannot be named by what it claims to be (that is inside bytes nobody vouched
+for): it is named by its container (the spool directory's or Kafka key's chain) and, once
+the input is read, by its position, when it sits exactly where that chain misses a batch.
+
 Findings have a severity. A *problem* means the evidence is incomplete or not authentic
 (``Report.ok`` is false). A *warning* is worth an auditor's attention but proves nothing
 is missing: a worker that crashed (its epoch has no close batch, but the next epoch's
@@ -17,27 +24,33 @@ redelivery after a restart produces) are dropped and counted, never emitted twic
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from gateway.audit.batch import (
-    FORMAT_VERSION,
+    FORMAT_VERSION_ZSTD,
+    FORMAT_VERSIONS,
     GENESIS_HASH,
     Batch,
     BatchHeader,
     ParsedRecord,
+    PayloadError,
     RecordError,
     SourcedRecord,
     decode_header,
     parse_record,
     partition_key,
+    payload_json,
+    payload_prefix,
     signed_message,
 )
 from gateway.audit.events import SCHEMA_VERSION, Event
@@ -64,6 +77,11 @@ _raw_decoder = msgspec.json.Decoder(_RawBatch)
 _event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 #: Duplicates listed individually in a report; beyond this only counted.
 MAX_LISTED_DUPLICATES = 1000
+#: Of an authentic version 2 payload that is refused, this much is decompressed to find
+#: the batch's name (the header members come before the events).
+_NAME_PREFIX_BYTES = 64 * 1024
+_EVENTS_MEMBER = re.compile(rb',\s*"events"\s*:')
+_READS = f"record versions {' and '.join(map(str, sorted(FORMAT_VERSIONS)))}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +172,17 @@ class _Seen:
     prev: str
     source: str
     kind: str
+    ordinal: int  # position in the input (report.records when it was read)
+
+
+@dataclass(slots=True)
+class _Unplaced:
+    """A rejected record whose batch is unknown (see the module docstring)."""
+
+    key: bytes | None  # the container's chain key
+    source: str
+    ordinal: int
+    finding: Finding  # the problem reported for it, completed if its place is inferred
 
 
 @dataclass(slots=True)
@@ -203,6 +232,9 @@ class Verifier:
         # (gateway, worker, epoch, seq) a rejected record claimed -> its source: the gap it
         # leaves is that record, already reported, not a second problem.
         self._rejected: dict[tuple[str, int, str, int], str] = {}
+        # Rejected records whose place is unknown (a version 2 record whose signature
+        # fails is never decompressed), to explain the gaps they leave.
+        self._unplaced: list[_Unplaced] = []
         self._finished = False
 
     # ------------------------------------------------------------------ findings
@@ -255,28 +287,56 @@ class Verifier:
             self._problem(f"malformed record: {exc}", source)
             return None
         claimed = _claimed(parsed)
-        signer = self._check_signature(parsed, claimed, source)
+        signer = self._check_signature(parsed, claimed, item)
         if signer is None:
-            if claimed is not None:
-                place = (claimed.gateway, claimed.worker, claimed.epoch, claimed.seq)
-                self._rejected.setdefault(place, source)
+            self._reject(claimed, item)
             return None
 
+        # Authentic: only now is a version 2 payload decompressed (bounded).
         try:
-            raw = _raw_decoder.decode(parsed.payload)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            self._problem(
-                f"the signed payload does not follow the record format (version "
-                f"{FORMAT_VERSION}): {exc}",
-                source, claimed,
+            text = payload_json(parsed)
+        except PayloadError as exc:
+            claimed = claimed or _named_by_prefix(parsed)
+            self._forged_envelope(parsed, signer, claimed, item)
+            self._add(
+                "problem",
+                f"the signed payload cannot be read, the batch is refused: {exc}"
+                + ("" if claimed is None else " (named by the beginning of its payload)"),
+                source, claimed, **_container_names(item.key),
             )
+            self._reject(claimed, item)
             return None
-        if raw.version != FORMAT_VERSION or raw.schema != SCHEMA_VERSION:
+        if claimed is None:
+            claimed = _claimed_json(text)
+        self._forged_envelope(parsed, signer, claimed, item)
+        # An authentic payload refused from here on still names its place (as far as it
+        # can), so that the gap it leaves is this problem, not a second one.
+        try:
+            raw = _raw_decoder.decode(text)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self._add(
+                "problem",
+                f"the signed payload does not follow the record format (version "
+                f"{parsed.version}): {exc}",
+                source, claimed, **_container_names(item.key),
+            )
+            self._reject(claimed, item)
+            return None
+        if raw.version != parsed.version:
             self._problem(
-                f"unsupported payload version {raw.version} / event schema "
-                f"{raw.schema} (this verifier reads {FORMAT_VERSION} / {SCHEMA_VERSION})",
+                f"the payload's version member is {raw.version}, but the record's header "
+                f"says version {parsed.version}; they must be equal",
                 source, raw,
             )
+            self._reject(raw, item)
+            return None
+        if raw.schema != SCHEMA_VERSION:
+            self._problem(
+                f"unsupported payload version {raw.version} / event schema "
+                f"{raw.schema} (this verifier reads {_READS} / event schema {SCHEMA_VERSION})",
+                source, raw,
+            )
+            self._reject(raw, item)
             return None
         batch = self._decode_events(raw, source)
         if batch.key_id != signer:
@@ -296,6 +356,18 @@ class Verifier:
             self._hashes[digest] = (batch.gateway, batch.worker, batch.epoch, batch.seq, source)
             return VerifiedBatch(batch, digest, source)
         return None
+
+    def _reject(self, claimed: BatchHeader | None, item: SourcedRecord) -> None:
+        """Remember the place a rejected record claimed (or that its place is unknown),
+        so that the gap it leaves is explained rather than reported anew. Call it right
+        after reporting the record's problem."""
+        if claimed is not None:
+            place = (claimed.gateway, claimed.worker, claimed.epoch, claimed.seq)
+            self._rejected.setdefault(place, item.source)
+        else:
+            self._unplaced.append(
+                _Unplaced(item.key, item.source, self.report.records, self.report.problems[-1])
+            )
 
     def _decode_events(self, raw: _RawBatch, source: str) -> Batch:
         # Event by event: one event a writer got wrong must not hide the others of its
@@ -327,9 +399,11 @@ class Verifier:
     # ------------------------------------------------------------------ signature
 
     def _check_signature(
-        self, parsed: ParsedRecord, claimed: BatchHeader | None, source: str
+        self, parsed: ParsedRecord, claimed: BatchHeader | None, item: SourcedRecord
     ) -> str | None:
-        """The id of the trusted key that signed ``parsed``, or None (reported)."""
+        """The id of the trusted key that signed ``parsed``, or None (reported). A signer
+        other than the envelope's key is reported by :meth:`_forged_envelope`, once the
+        payload can name the batch."""
         message = signed_message(parsed.signed_part)
         key = self.keys.get(parsed.key_id)
         if key is not None and _verifies(key, message, parsed.signature):
@@ -338,27 +412,34 @@ class Verifier:
         # unsigned envelope hint was changed; the content is still authentic.
         for other_id, other in self.keys.items():
             if other_id != parsed.key_id and _verifies(other, message, parsed.signature):
-                self._problem(
-                    f"forged key id: the envelope names key {parsed.key_id}"
-                    f"{'' if key is not None else ' (unknown)'}, but the record is signed by "
-                    f"key {other_id}; the unsigned envelope was edited (content is authentic)",
-                    source, claimed,
-                )
                 return other_id
         if key is None:
-            self._problem(
+            text = (
                 f"signed with unknown key {parsed.key_id}: not among the "
                 f"{len(self.keys)} trusted public key(s); the record cannot be authenticated"
-                + _claim_note(claimed),
-                source, claimed,
             )
         else:
-            self._problem(
+            text = (
                 f"bad signature: the record was altered after it was signed by key "
-                f"{parsed.key_id}" + _claim_note(claimed),
-                source, claimed,
+                f"{parsed.key_id}"
             )
+        self._add("problem", text + _claim_note(parsed, claimed, item.key), item.source,
+                  claimed, **_container_names(item.key))
         return None
+
+    def _forged_envelope(
+        self, parsed: ParsedRecord, signer: str, claimed: BatchHeader | None,
+        item: SourcedRecord,
+    ) -> None:
+        if signer == parsed.key_id:
+            return
+        self._add(
+            "problem",
+            f"forged key id: the envelope names key {parsed.key_id}"
+            f"{'' if parsed.key_id in self.keys else ' (unknown)'}, but the record is signed "
+            f"by key {signer}; the unsigned envelope was edited (content is authentic)",
+            item.source, claimed, **_container_names(item.key),
+        )
 
     # ------------------------------------------------------------------ duplicates
 
@@ -477,7 +558,7 @@ class Verifier:
                 source, batch,
             )
 
-        epoch.seqs[seq] = _Seen(digest, batch.prev, source, batch.kind)
+        epoch.seqs[seq] = _Seen(digest, batch.prev, source, batch.kind, self.report.records)
         epoch.max_seq = max(epoch.max_seq, seq)
         stats = chain.stats
         stats.batches += 1
@@ -575,6 +656,13 @@ class Verifier:
             if not unexplained:
                 continue
             first, last = unexplained[0], unexplained[-1]
+            seen_before, seen_after = epoch.seqs[before], epoch.seqs[after]
+            between = (
+                f"between seq {before} (read at {seen_before.source}) and seq {after} "
+                f"(read at {seen_after.source})"
+            )
+            if self._place_unplaced(gateway, worker, epoch, unexplained, between):
+                continue
             missing = (
                 f"batch {first} is" if len(unexplained) == 1
                 else f"batches {first}..{last} are" if last - first + 1 == len(unexplained)
@@ -582,12 +670,54 @@ class Verifier:
             )
             self._add(
                 "problem",
-                f"{missing} missing between seq {before} (read at "
-                f"{epoch.seqs[before].source}) and seq {after} (read at "
-                f"{epoch.seqs[after].source})",
-                epoch.seqs[after].source,
+                f"{missing} missing {between}" + self._unplaced_note(gateway, worker),
+                seen_after.source,
                 gateway=gateway, worker=worker, epoch=epoch.id, seq=first,
             )
+
+    def _place_unplaced(
+        self, gateway: str, worker: int, epoch: _Epoch, missing: list[int], between: str
+    ) -> bool:
+        """If the missing seqs are exactly the rejected records that this chain's container
+        delivered between the batches around the gap (one each, in order), those records
+        are the missing batches: name them so instead of reporting the gap a second time,
+        as a version 1 record's claimed place would. Their problems stand."""
+        if missing[-1] - missing[0] + 1 != len(missing):
+            return False
+        low = epoch.seqs[missing[0] - 1].ordinal
+        high = epoch.seqs[missing[-1] + 1].ordinal
+        chain_key = partition_key(gateway, worker)
+        # Records other containers (chains) delivered meanwhile are not candidates; one
+        # whose container names no chain could be anyone's: then nothing is inferred.
+        inside = [u for u in self._unplaced
+                  if low < u.ordinal < high and u.key in (None, chain_key)]
+        if len(inside) != len(missing) or any(u.key is None for u in inside):
+            return False
+        problems = self.report.problems
+        for seq, unplaced in zip(missing, inside, strict=True):
+            finding = unplaced.finding
+            problems[problems.index(finding)] = dataclasses.replace(
+                finding, gateway=gateway, worker=worker, epoch=epoch.id, seq=seq,
+                message=f"{finding.message}; by its position in its chain's container it is "
+                f"batch {seq}, the one missing {between}",
+            )
+            self._unplaced.remove(unplaced)
+        return True
+
+    def _unplaced_note(self, gateway: str, worker: int) -> str:
+        """Rejected records that may fill a gap of this chain: unplaced ones whose
+        container names this chain, or no chain."""
+        chain_key = partition_key(gateway, worker)
+        sources = [u.source for u in self._unplaced if u.key in (None, chain_key)]
+        if not sources:
+            return ""
+        listed = ", ".join(sources[:3]) + (
+            f" and {len(sources) - 3} more" if len(sources) > 3 else ""
+        )
+        return (
+            f"; the rejected record(s) at {listed}, whose batch could not be named, may be "
+            "what is missing"
+        )
 
     def _closure(self, gateway: str, worker: int, chain: _Chain, epoch: _Epoch) -> None:
         if epoch.close_seq is not None or epoch.max_seq < 0 or epoch.stray:
@@ -629,17 +759,62 @@ def _verifies(key: VerifyKey, message: bytes, signature: bytes) -> bool:
 
 
 def _claimed(parsed: ParsedRecord) -> BatchHeader | None:
-    """The header a record *claims*, to name it in a finding before it is verified."""
+    """The header a record *claims*, to name it in a finding before it is verified: only
+    for version 1, whose payload is readable as it is; a version 2 payload is not
+    decompressed before it is authenticated."""
+    if parsed.version == FORMAT_VERSION_ZSTD:
+        return None
+    return _claimed_json(parsed.payload)
+
+
+def _claimed_json(text: bytes) -> BatchHeader | None:
     try:
-        return decode_header(parsed.payload)
+        return decode_header(text)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
 
 
-def _claim_note(claimed: BatchHeader | None) -> str:
-    if claimed is None:
-        return " (its payload does not even parse)"
-    return " (the batch is named as its unverified payload claims)"
+def _named_by_prefix(parsed: ParsedRecord) -> BatchHeader | None:
+    """The header of an authentic version 2 payload that cannot be read whole (corrupt or
+    too large), from the beginning of what it decompresses to: pgwarden writes the header
+    members first, so they can be read without the events. None if that fails."""
+    prefix = payload_prefix(parsed.payload, _NAME_PREFIX_BYTES)
+    # `, "events":` cannot occur inside a JSON string (a quote there is escaped), so the
+    # first one ends the header members of the top-level object.
+    match = _EVENTS_MEMBER.search(prefix)
+    return None if match is None else _claimed_json(prefix[: match.start()] + b"}")
+
+
+def _container_chain(key: bytes | None) -> tuple[str | None, int | None]:
+    """(gateway, worker) as a container's chain key names them (unsigned), if it does."""
+    if key is None:
+        return None, None
+    gateway, _, worker = key.decode("utf-8", "replace").rpartition(":")
+    if not gateway or not worker.isdigit():
+        return None, None
+    return gateway, int(worker)
+
+
+def _container_names(key: bytes | None) -> dict[str, Any]:
+    """Finding fields naming the chain as the container does: used only for a record
+    whose payload cannot name it (a claimed or signed header takes precedence)."""
+    gateway, worker = _container_chain(key)
+    return {"gateway": gateway, "worker": worker}
+
+
+def _claim_note(parsed: ParsedRecord, claimed: BatchHeader | None, key: bytes | None) -> str:
+    if claimed is not None:
+        return " (the batch is named as its unverified payload claims)"
+    if parsed.version == FORMAT_VERSION_ZSTD:
+        named = (
+            "; named by its container's unsigned chain key"
+            if _container_chain(key)[0] is not None else ""
+        )
+        return (
+            " (its payload is compressed, record version 2, and is never decompressed "
+            f"before it is authenticated, so the batch it claims to be is not read{named})"
+        )
+    return " (its payload does not even parse)"
 
 
 def verify_records(

@@ -181,7 +181,7 @@ class AuditWriter:
                 log.error("audit: cannot read the last record of %s to link the new epoch "
                           "to it (%s)", self.spool.directory, exc)
         self.chain = Chain(self._key, self.gateway_id, self.worker_id, link=link,
-                           clock=self._clock)
+                           clock=self._clock, compression=self.cfg.compression)
         if link is not None and not link.closed:
             log.warning(
                 "audit: the previous epoch %s of worker %d was not closed (the process "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
-from gateway.audit.batch import Chain, Link, SourcedRecord, link_to, partition_key
+from gateway.audit.batch import Chain, Compression, Link, SourcedRecord, link_to, partition_key
 from gateway.audit.events import (
     Event,
     SessionStartEvent,
@@ -62,9 +62,11 @@ def epoch_records(
     link: Link | None = None,
     close: bool = True,
     per_batch: int = 3,
+    compression: Compression = "zstd",
 ) -> list[bytes]:
-    """One epoch: an open batch, ``batches`` data batches, and (if ``close``) a close."""
-    chain = Chain(key, gateway, worker, link=link)
+    """One epoch: an open batch, ``batches`` data batches, and (if ``close``) a close.
+    ``compression="none"`` makes version 1 records, for tests that edit payload bytes."""
+    chain = Chain(key, gateway, worker, link=link, compression=compression)
     records = [chain.seal([WorkerStartEvent(at=time.time_ns(), pid=1, version="test")], "open")]
     for _ in range(batches):
         records.append(chain.seal([statement() for _ in range(per_batch)]))
@@ -136,4 +138,4 @@ def keys_of(*signing_keys: SigningKey) -> dict[str, VerifyKey]:
 def events_of(records: list[bytes]) -> list[Event]:
     from gateway.audit.batch import decode_batch, parse_record
 
-    return [e for r in records for e in decode_batch(parse_record(r).payload).events]
+    return [e for r in records for e in decode_batch(parse_record(r)).events]

@@ -63,7 +63,8 @@ def test_defaults_and_relative_paths(tmp_path: Path, key: Path) -> None:
     a = cfg.audit
     assert (a.enabled, a.mode, a.on_spool_full) == (True, "async", "fail_closed")
     assert (a.segment_bytes, a.spool_max_bytes) == (16 << 20, 1 << 30)
-    assert (a.flush_events, a.flush_interval) == (512, 0.05)
+    assert (a.flush_events, a.flush_interval) == (8192, 0.2)
+    assert a.compression == "zstd"
     assert (a.statement_text, a.record_parameters) == ("exact", False)
     assert a.kafka == AuditKafkaConfig()
     assert a.kafka.bootstrap_servers == [] and a.kafka.topic == "pgwarden.audit"
@@ -81,6 +82,7 @@ def test_every_key(tmp_path: Path, key: Path) -> None:
         on_spool_full = "fail_open"
         flush_events = 64
         flush_interval = 0.01
+        compression = "none"
         signing_key_file = "audit.key"
         statement_text = "normalized"
         record_parameters = true
@@ -129,6 +131,26 @@ def test_problems_carry_file_line_and_key(tmp_path: Path, key: Path) -> None:
     assert "between 65536 (64 KiB)" in got[(12, "audit.segment_bytes")]
     assert got[(15, "audit.kafka.bootstrap_servers")] == "'nohost' is not host:port"
     assert "is not a Kafka topic name" in got[(16, "audit.kafka.topic")]
+
+
+def test_compression_is_checked_with_file_line_and_key(tmp_path: Path, key: Path) -> None:
+    path = write(tmp_path, """
+        [audit]
+        spool_dir = "spool"
+        signing_key_file = "audit.key"
+        compression = "gzip"
+    """)
+    [issue] = issues(path)
+    assert (issue.file, issue.line, issue.key) == (str(path), 10, "audit.compression")
+    assert issue.message == "Invalid enum value 'gzip'"  # as for every other enum key
+    assert str(issue).startswith(f"{path}:10: audit.compression: ")
+    path.write_text(path.read_text().replace('compression = "gzip"', "compression = true"))
+    [issue] = issues(path)
+    assert (issue.line, issue.key) == (10, "audit.compression")
+    assert "Expected str, got bool" in issue.message
+    path.write_text(path.read_text().replace("compression = true", 'compression = "none"'))
+    cfg = load_config(path)
+    assert cfg.audit is not None and cfg.audit.compression == "none"
 
 
 def test_required_keys(tmp_path: Path) -> None:

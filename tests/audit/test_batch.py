@@ -34,9 +34,11 @@ from gateway.audit.batch import (
     SIGNATURE_DOMAIN,
     Chain,
     ChainClosed,
+    Compression,
     RecordError,
     decode_header,
     link_to,
+    payload_json,
 )
 from tests.audit.helpers import GATEWAY, epoch_records, session_start, statement
 
@@ -71,21 +73,25 @@ def every_event_type() -> list[Event]:
     ]
 
 
-def test_every_event_type_round_trips_through_a_signed_record() -> None:
+@pytest.mark.parametrize(("compression", "version"), [("zstd", 2), ("none", 1)])
+def test_every_event_type_round_trips_through_a_signed_record(
+    compression: Compression, version: int
+) -> None:
     events = every_event_type()
     assert {type(e) for e in events} == set(EVENT_TYPES.values())
-    chain = Chain(KEY, GATEWAY, 3)
+    chain = Chain(KEY, GATEWAY, 3, compression=compression)
     record = chain.seal(events, "open")
-    batch = decode_batch(parse_record(record).payload)
+    assert record[4] == version == parse_record(record).version
+    batch = decode_batch(parse_record(record))
     assert batch.events == events
     assert (batch.gateway, batch.worker, batch.seq, batch.kind) == (GATEWAY, 3, 0, "open")
-    assert batch.version == 1 and batch.schema == 1
+    assert batch.version == version and batch.schema == 1
     assert batch.key_id == key_id(KEY.verify_key)
 
 
 def test_events_are_tagged_json_objects_with_integer_nanoseconds() -> None:
     record = Chain(KEY, GATEWAY, 0).seal([statement(5)], "open")
-    payload = json.loads(parse_record(record).payload)
+    payload = json.loads(payload_json(parse_record(record)))
     [event] = payload["events"]
     assert event["type"] == "statement"
     assert isinstance(event["at"], int) and isinstance(event["start"], int)
@@ -94,7 +100,8 @@ def test_events_are_tagged_json_objects_with_integer_nanoseconds() -> None:
 
 
 def test_record_layout_and_signature() -> None:
-    chain = Chain(KEY, GATEWAY, 0)
+    # Version 1 (version 2's layout: test_compressed.py).
+    chain = Chain(KEY, GATEWAY, 0, compression="none")
     record = chain.seal([statement()], "open")
     magic, version, length = struct.unpack(">4sBI", record[:9])
     assert (magic, version) == (b"PGWA", 1)
@@ -112,7 +119,7 @@ def test_record_layout_and_signature() -> None:
 
 def test_chain_links_each_batch_to_the_previous_record() -> None:
     records = epoch_records(KEY, 3)
-    headers = [decode_header(parse_record(r).payload) for r in records]
+    headers = [decode_header(parse_record(r)) for r in records]
     assert [h.seq for h in headers] == [0, 1, 2, 3, 4]
     assert [h.kind for h in headers] == ["open", "data", "data", "data", "close"]
     assert len({h.epoch for h in headers}) == 1
@@ -137,11 +144,11 @@ def test_epochs_are_random_and_links_name_the_previous_epochs_last_record() -> N
     link = link_to(first[-1])
     assert (link.seq, link.closed, link.hash) == (1, False, record_hash(first[-1]))
     second = Chain(KEY, GATEWAY, 0, link=link)
-    assert second.epoch != decode_header(parse_record(first[0]).payload).epoch
+    assert second.epoch != decode_header(parse_record(first[0])).epoch
     assert len(second.epoch) == 32
-    opened = decode_batch(parse_record(second.seal([], "open")).payload)
+    opened = decode_batch(parse_record(second.seal([], "open")))
     assert opened.link == link
-    data = decode_batch(parse_record(second.seal([statement()])).payload)
+    data = decode_batch(parse_record(second.seal([statement()])))
     assert data.link is None  # only open batches carry the link
 
 
@@ -150,7 +157,8 @@ def test_epochs_are_random_and_links_name_the_previous_epochs_last_record() -> N
     [
         (lambda r: r[:50], "record too short"),
         (lambda r: b"XXXX" + r[4:], "bad magic"),
-        (lambda r: r[:4] + b"\x02" + r[5:], "unsupported record version 2"),
+        (lambda r: r[:4] + b"\x03" + r[5:], "unsupported record version 3"),
+        (lambda r: r[:4] + b"\x00" + r[5:], "unsupported record version 0"),
         (lambda r: r + b"\0", "payload length field says"),
         (lambda r: r[:-1], "payload length field says"),
     ],
@@ -168,7 +176,7 @@ def test_partition_key_is_per_worker_slot() -> None:
 
 def test_schema_is_enforced_on_decode() -> None:
     record = Chain(KEY, GATEWAY, 0).seal([statement()], "open")
-    payload = json.loads(parse_record(record).payload)
+    payload = json.loads(payload_json(parse_record(record)))
     payload["events"][0]["decision"] = "maybe"
     with pytest.raises(msgspec.ValidationError, match="decision"):
         decode_batch(json.dumps(payload).encode())

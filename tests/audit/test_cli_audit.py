@@ -59,7 +59,7 @@ def test_verify_ok(tmp_path: Path, spool: Path, capsys: pytest.CaptureFixture[st
 def test_verify_names_the_failing_batch(
     tmp_path: Path, key: SigningKey, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    records = epoch_records(key, 3)
+    records = epoch_records(key, 3, compression="none")  # version 1: flip plain text
     records[2] = flip(records[2], b"SELECT")
     segment = write_segment(spool_dir(tmp_path / "spool"), records)
     # An attacker with disk access also fixes the frame's CRC.

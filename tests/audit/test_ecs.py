@@ -16,7 +16,7 @@ KEY = SigningKey(bytes(range(6, 38)))
 
 
 def header() -> object:
-    return decode_batch(parse_record(Chain(KEY, GATEWAY, 2).seal([], "open")).payload)
+    return decode_batch(parse_record(Chain(KEY, GATEWAY, 2).seal([], "open")))
 
 
 def test_every_event_type_maps_to_json() -> None:

@@ -168,7 +168,8 @@ def test_corruption_before_the_tail_is_refused_not_cut(
 
 
 def test_rotation_at_segment_bytes(tmp_path: Path) -> None:
-    big = epoch_records(KEY, 12, per_batch=20)
+    # Uncompressed (version 1) records: these tests need records of a known, large size.
+    big = epoch_records(KEY, 12, per_batch=20, compression="none")
     spool = open_spool(tmp_path, segment_bytes=8192)
     for record in big:
         spool.append([record])
@@ -185,7 +186,7 @@ def test_rotation_at_segment_bytes(tmp_path: Path) -> None:
 
 
 def test_a_batch_bigger_than_a_segment_gets_its_own(tmp_path: Path) -> None:
-    huge = epoch_records(KEY, 1, per_batch=100)
+    huge = epoch_records(KEY, 1, per_batch=100, compression="none")
     assert len(huge[1]) > 4096
     spool = open_spool(tmp_path, segment_bytes=4096)
     spool.append(huge)
@@ -239,7 +240,7 @@ def test_retain_acked_deletes_nothing(tmp_path: Path) -> None:
 
 
 def test_size_limit(tmp_path: Path) -> None:
-    recs = epoch_records(KEY, 12, per_batch=20)
+    recs = epoch_records(KEY, 12, per_batch=20, compression="none")
     spool = open_spool(tmp_path, segment_bytes=8192, max_bytes=20000)
     assert not spool.full
     for record in recs:

@@ -40,7 +40,7 @@ KEY = SigningKey(bytes(range(2, 34)))
 
 def batches(cfg: AuditConfig, worker: int = 0) -> list[Batch]:
     root = spool_dir(Path(cfg.spool_dir), worker)
-    return [decode_batch(parse_record(r.record).payload) for r in read_spool(root)]
+    return [decode_batch(parse_record(r.record)) for r in read_spool(root)]
 
 
 def writer(cfg: AuditConfig, worker: int = 0, **options: object) -> AuditWriter:
