@@ -157,10 +157,18 @@ class Batch(BatchHeader, kw_only=True, frozen=True, gc=False):
 
 
 class _Sealing(BatchHeader, kw_only=True, frozen=True, gc=False):
-    """A payload being sealed: the same members as :class:`Batch`, whose events may also
-    be already encoded (:class:`msgspec.Raw`, as the session audit trail writes them)."""
+    """A payload being sealed: the members of :class:`Batch`, encoded with an empty
+    events array that :meth:`Chain.seal` fills with the encoded events."""
 
     events: list[Any]
+
+
+def _splice(head: bytes, body: bytes) -> bytes:
+    """The payload: ``head`` (the members, with ``"events":[]`` last) with the encoded
+    events ``body`` put inside that array."""
+    if not head.endswith(b'"events":[]}'):
+        raise AssertionError("the payload's last member must be the events array")
+    return b"".join((head[:-2], body, b"]}"))
 
 
 class SourcedRecord(NamedTuple):
@@ -444,8 +452,13 @@ class Chain:
             if compression == "zstd" else None
         )
 
-    def seal(self, events: Sequence[Event | msgspec.Raw], kind: Kind = "data") -> bytes:
-        """Encode and sign the next batch of the chain; returns the record bytes."""
+    def seal(
+        self, events: Sequence[Event | msgspec.Raw | bytes], kind: Kind = "data"
+    ) -> bytes:
+        """Encode and sign the next batch of the chain; returns the record bytes.
+
+        ``events`` are event Structs, or events already encoded as JSON objects (``bytes``
+        or ``msgspec.Raw``: the session audit trail and the writer pass them so)."""
         if self.closed:
             raise ChainClosed(f"epoch {self.epoch} is closed; no batch may follow its close")
         if (kind == "open") != (self.seq == 0):
@@ -466,9 +479,12 @@ class Chain:
             key_id=self.key_id,
             at=self._clock(),
             link=self.link if kind == "open" else None,
-            events=events if isinstance(events, list) else list(events),
+            events=[],
         )
-        payload = _encoder.encode(batch)
+        # The events array is spliced into the encoded header members: most events come
+        # encoded already, and joining bytes is the one copy they need.
+        body = b",".join([e if type(e) is bytes else _encoder.encode(e) for e in events])
+        payload = _splice(_encoder.encode(batch), body)
         if self._zstd is not None:
             if len(payload) <= MAX_PAYLOAD_BYTES:
                 payload = self._zstd.compress(payload)
@@ -476,7 +492,9 @@ class Chain:
                 # Verifiers refuse a version 2 payload beyond the limit, so a batch that
                 # large (huge statement texts) is written as version 1, which verifies.
                 version = FORMAT_VERSION_PLAIN
-                payload = _encoder.encode(msgspec.structs.replace(batch, version=version))
+                payload = _splice(
+                    _encoder.encode(msgspec.structs.replace(batch, version=version)), body
+                )
         header = _HEADER.pack(MAGIC, version, len(payload))
         hasher = hashlib.sha256(header)
         hasher.update(payload)

@@ -254,7 +254,7 @@ class KafkaShipper:
         stall_timeout: float | None = None,
         recycle_after: float | None = None,
         backoff_min: float = 0.5,
-        backoff_max: float = 30.0,
+        backoff_max: float = 5.0,
         window_records: int = 1024,
         window_bytes: int = 8 * 1024 * 1024,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
@@ -284,6 +284,7 @@ class KafkaShipper:
         self._idle_poll = idle_poll
 
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()  # set by close(): ends a back-off early
         self._task: asyncio.Task[None] | None = None
         self._producer: Any = None
         self._partitions: list[int] = []
@@ -363,6 +364,7 @@ class KafkaShipper:
         then stays in the source for the next start."""
         self._closing = True
         self._wake.set()
+        self._stopping.set()
         task = self._task
         deadline = time.monotonic() + timeout
         try:
@@ -416,7 +418,13 @@ class KafkaShipper:
                 await self._drop_producer(grace=1.0)
                 if self._shrink_batches(exc):
                     continue  # smaller batches can make progress at once
-            await asyncio.sleep(backoff)
+            # Back off, but not past close(): a stopping worker gets one more attempt
+            # (Kafka may be back) instead of sleeping through its shutdown deadline.
+            if self._closing:
+                await asyncio.sleep(0.2)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
             backoff = min(backoff * 2, self._backoff_max)
 
     async def _connect(self) -> None:

@@ -49,7 +49,8 @@ log = logging.getLogger("pgwarden.audit")
 
 #: After a failed spool write, the next attempt waits this long (seconds).
 RETRY_DELAY = 1.0
-_probe_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder()
+_EventTypes = tuple(getattr(Event, "__args__", ()))
 
 
 class AuditWriteError(Exception):
@@ -96,7 +97,13 @@ class AuditWriter:
         self._flush_events = cfg.flush_events
         self._flush_interval = cfg.flush_interval
         self._fail_open = cfg.on_spool_full == "fail_open"
-        self._pending: list[Event | msgspec.Raw] = []
+        # Encoded events waiting for the next seal. The list object is never replaced
+        # (sealing copies and clears it): the session audit trail's C fast path appends
+        # to it directly while fast_ok is true (see fast_sink).
+        self._pending: list[bytes] = []
+        #: Whether events may be appended to the pending list without emit()'s checks:
+        #: not closing, nothing dropped to report, and the spool not full.
+        self.fast_ok = False
         self._emitted = 0  # events ever queued
         self._durable = 0  # of those, fsynced
         self._batches = 0
@@ -203,6 +210,7 @@ class AuditWriter:
             raise AuditWriteError(f"cannot write the audit spool: {exc}") from exc
         self._batches += 1
         self._appends += 1
+        self._update_fast()
         self._notify()
         if self._pending:
             self._schedule_now()
@@ -219,6 +227,7 @@ class AuditWriter:
         if self._closing:
             return
         self._closing = True
+        self.fast_ok = False
         for handle in (self._timer, self._soon):
             if handle is not None:
                 handle.cancel()
@@ -230,7 +239,7 @@ class AuditWriter:
             if chain is None or spool is None or loop is None:
                 return
             if self._dropped_pending:  # fail_open losses nobody emitted after
-                self._pending.append(self._dropped_event())
+                self._pending.append(_encoder.encode(self._dropped_event()))
                 self._emitted += 1
             records, events = self._seal_pending(chain)
             stop = WorkerStopEvent(
@@ -259,27 +268,57 @@ class AuditWriter:
 
     # ------------------------------------------------------------------ hot path
 
-    def emit(self, event: Event | msgspec.Raw) -> None:
+    def emit(self, event: Event | msgspec.Raw | bytes) -> None:
         """Queue ``event`` for the next batch. Cheap and synchronous; never raises.
 
-        ``event`` is an event Struct, or one already encoded as JSON (``msgspec.Raw``)."""
+        ``event`` is an event Struct, or one already encoded as a JSON object (``bytes``
+        or ``msgspec.Raw``)."""
         if self._closing:
             self._dropped += 1
             log.error("audit: event emitted after close() is LOST: %r", event)
             return
         if self._fail_open and self.spool is not None and self.spool.full:
-            self._drop(self._clock() if isinstance(event, msgspec.Raw) else event.at)
+            self._drop(event.at if isinstance(event, _EventTypes) else self._clock())
+            self.fast_ok = False
             return
+        if type(event) is not bytes:
+            try:
+                event = _encoder.encode(event)
+            except (TypeError, ValueError):
+                # A caller put something unencodable into an event (a bug): say loudly
+                # which one is lost, and keep everything else.
+                self._dropped += 1
+                log.exception("audit: event cannot be encoded and is LOST: %r", event)
+                return
         pending = self._pending
         if self._dropped_pending:
-            pending.append(self._dropped_event())
+            pending.append(_encoder.encode(self._dropped_event()))
             self._emitted += 1
         pending.append(event)
         self._emitted += 1
-        if len(pending) >= self._flush_events:
+        self.fast_kick()
+        self._update_fast()
+
+    def fast_kick(self) -> None:
+        """After events were added to the pending list: start the batch's timer, or a
+        seal if the batch is full (the C fast path calls this for the first event of a
+        batch and when it reaches ``flush_events``)."""
+        if len(self._pending) >= self._flush_events:
             self._schedule_now()
         elif self._timer is None and self._loop is not None and not self._closing:
             self._timer = self._loop.call_later(self._flush_interval, self._flush_soon)
+
+    def fast_sink(self) -> tuple[list[bytes], int]:
+        """(the pending list, flush_events) for the C fast path, which appends encoded
+        events to the list while :attr:`fast_ok`, adds them to ``_emitted`` and calls
+        :meth:`fast_kick` as emit() would."""
+        return self._pending, self._flush_events
+
+    def _update_fast(self) -> None:
+        self.fast_ok = not (
+            self._closing or self._dropped_pending or self.chain is None
+            or (self.spool is not None and self.spool.full)
+        )
 
     def durable(self) -> asyncio.Future[None]:
         """A future resolved once every event emitted so far is fsynced in the spool, or
@@ -376,33 +415,18 @@ class AuditWriter:
         hold."""
         records, events = self._retry, self._retry_events
         self._retry, self._retry_events = [], 0
-        pending, self._pending = self._pending, []
+        pending = self._pending[:]
+        self._pending.clear()
         size = self._flush_events
         for i in range(0, len(pending), size):
-            chunk = pending[i : i + size]
-            try:
-                records.append(chain.seal(chunk))
-            except (TypeError, ValueError):
-                # A caller put something unencodable into an event (a bug): keep every
-                # event that can be written, and say loudly which one cannot.
-                good = [e for e in chunk if self._encodable(e)]
-                if good:
-                    records.append(chain.seal(good))
+            records.append(chain.seal(pending[i : i + size]))
         return records, events + len(pending)
-
-    def _encodable(self, event: Event | msgspec.Raw) -> bool:
-        try:
-            _probe_encoder.encode(event)
-        except (TypeError, ValueError):
-            self._dropped += 1
-            log.exception("audit: event cannot be encoded and is LOST: %r", event)
-            return False
-        return True
 
     def _written(self, records: list[bytes], events: int) -> None:
         self._batches += len(records)
         self._appends += 1
         self._durable += events
+        self._update_fast()
         durable = self._durable
         waiters = self._waiters
         while waiters and waiters[0][0] <= durable:

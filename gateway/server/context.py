@@ -279,6 +279,7 @@ class WorkerContext:
             record_parameters=cfg.record_parameters,
             admit=self._audit_admit if audit.fail_closed else None,
             strict=audit.strict,
+            gate=audit.writer,
         )
 
     def _audit_admit(self) -> Refusal | None:

@@ -40,7 +40,8 @@
 
 static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_readies,
     *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append,
-    *str_version, *str_shape_hits, *str_unsafe, *str_simple, *str_hooks_version;
+    *str_version, *str_shape_hits, *str_unsafe, *str_simple, *str_hooks_version,
+    *str_fast_ok, *str_emitted;
 
 static long long
 now_ns(void)
@@ -194,15 +195,17 @@ typedef struct {
     PyObject *portals;    /* dict: portal -> (prepared, parameters, Bind size, batch) */
     PyObject *pending;    /* collections.deque of Pending */
     PyObject *refused;    /* the relay's refused statement names (dict) */
-    PyObject *emit;       /* callable taking one encoded event */
-    PyObject *raw;        /* msgspec.Raw */
+    PyObject *emit;       /* callable taking one encoded event (bytes) */
+    PyObject *gate;       /* the AuditWriter (fast_ok, _emitted), or None */
+    PyObject *sink;       /* its pending list, or None */
+    PyObject *kick;       /* its fast_kick, or None */
+    Py_ssize_t flush_events;
     PyObject *session;    /* bytes: the session's members of a statement event */
     PyObject *id_prefix;  /* bytes: '"<session_id>:' */
     PyObject *popleft, *append;
     PyObject *cache;      /* DecisionCache: version, shape_hits */
     PyObject *shapes;     /* dict: shape -> (Decision, fingerprint, event suffix) */
     PyObject *shape_fn;   /* gateway.sql.shape.shape */
-    PyObject *admit;      /* None, or called before each statement: a refusal or None */
     int fast;             /* 0: every watched message goes to Python */
     int audit;            /* 0: a policy-only session (no trail: only Query is handled) */
 } Trail;
@@ -219,13 +222,14 @@ Trail_traverse(Trail *t, visitproc visit, void *arg)
     Py_VISIT(t->pending);
     Py_VISIT(t->refused);
     Py_VISIT(t->emit);
-    Py_VISIT(t->raw);
+    Py_VISIT(t->gate);
+    Py_VISIT(t->sink);
+    Py_VISIT(t->kick);
     Py_VISIT(t->popleft);
     Py_VISIT(t->append);
     Py_VISIT(t->cache);
     Py_VISIT(t->shapes);
     Py_VISIT(t->shape_fn);
-    Py_VISIT(t->admit);
     return 0;
 }
 
@@ -241,7 +245,9 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->pending);
     Py_CLEAR(t->refused);
     Py_CLEAR(t->emit);
-    Py_CLEAR(t->raw);
+    Py_CLEAR(t->gate);
+    Py_CLEAR(t->sink);
+    Py_CLEAR(t->kick);
     Py_CLEAR(t->session);
     Py_CLEAR(t->id_prefix);
     Py_CLEAR(t->popleft);
@@ -249,7 +255,6 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->cache);
     Py_CLEAR(t->shapes);
     Py_CLEAR(t->shape_fn);
-    Py_CLEAR(t->admit);
     t->fast = 0;
     return 0;
 }
@@ -267,18 +272,17 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Trail *t;
     PyObject *hooks, *relay, *frontend, *backend, *statements, *portals, *pending, *refused,
-        *emit, *raw, *session, *id_prefix, *cache, *shapes, *shape_fn, *admit;
+        *emit, *gate, *session, *id_prefix, *cache, *shapes, *shape_fn;
     int fast, audit;
     static char *kwlist[] = {"hooks", "relay", "frontend", "backend", "statements",
-                             "portals", "pending", "refused", "emit", "raw", "session",
+                             "portals", "pending", "refused", "emit", "gate", "session",
                              "id_prefix", "fast", "audit", "cache", "shapes", "shape",
-                             "admit", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!OO!OOSSppOO!OO", kwlist, &hooks,
+                             NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!OO!OOSSppOO!O", kwlist, &hooks,
                                      &relay, &frontend, &backend, &PyDict_Type, &statements,
                                      &PyDict_Type, &portals, &pending, &PyDict_Type,
-                                     &refused, &emit, &raw, &session, &id_prefix, &fast,
-                                     &audit, &cache, &PyDict_Type, &shapes, &shape_fn,
-                                     &admit))
+                                     &refused, &emit, &gate, &session, &id_prefix, &fast,
+                                     &audit, &cache, &PyDict_Type, &shapes, &shape_fn))
         return NULL;
     t = (Trail *)type->tp_alloc(type, 0);
     if (t == NULL)
@@ -292,13 +296,12 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     t->pending = Py_NewRef(pending);
     t->refused = Py_NewRef(refused);
     t->emit = Py_NewRef(emit);
-    t->raw = Py_NewRef(raw);
+    t->gate = Py_NewRef(gate);
     t->session = Py_NewRef(session);
     t->id_prefix = Py_NewRef(id_prefix);
     t->cache = Py_NewRef(cache);
     t->shapes = Py_NewRef(shapes);
     t->shape_fn = Py_NewRef(shape_fn);
-    t->admit = Py_NewRef(admit);
     t->fast = fast;
     t->audit = audit;
     t->popleft = PyObject_GetAttr(pending, str_popleft);
@@ -307,7 +310,51 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(t);
         return NULL;
     }
+    if (gate != Py_None) {
+        /* The writer's pending list and flush size (AuditWriter.fast_sink). */
+        PyObject *pair = PyObject_CallMethod(gate, "fast_sink", NULL);
+        if (pair == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyList_Check(PyTuple_GET_ITEM(pair, 0))) {
+            Py_DECREF(pair);
+            Py_DECREF(t);
+            PyErr_SetString(PyExc_TypeError, "fast_sink() must return (list, int)");
+            return NULL;
+        }
+        t->sink = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        t->flush_events = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+        if (t->flush_events == -1 && PyErr_Occurred()) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        t->kick = PyObject_GetAttrString(gate, "fast_kick");
+        if (t->kick == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+    }
     return (PyObject *)t;
+}
+
+/* Whether the writer takes events without its checks (AuditWriter.fast_ok): 1, 0, or
+ * -1 on error. Without a writer (a policy-only session): 1. */
+static int
+gate_open(Trail *t)
+{
+    PyObject *ok;
+    int r;
+    if (t->gate == NULL || t->gate == Py_None)
+        return 1;
+    ok = PyObject_GetAttr(t->gate, str_fast_ok);
+    if (ok == NULL)
+        return -1;
+    r = PyObject_IsTrue(ok);
+    Py_DECREF(ok);
+    return r;
 }
 
 /* An int attribute of obj, or -1 with an exception set. */
@@ -393,9 +440,9 @@ floor_div_1000(long long v)
 static int
 finish(Trail *t, Pending *p, PyObject *tag_json)
 {
-    PyObject *fragment, *event, *raw, *res;
+    PyObject *fragment, *event, *res;
     long long end = now_ns(), bytes_out, rows = 0;
-    int has_rows = 0;
+    int has_rows = 0, open;
     Py_ssize_t size;
     char *w;
 
@@ -454,16 +501,37 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     Py_DECREF(fragment);
     if (_PyBytes_Resize(&event, w - PyBytes_AS_STRING(event)) < 0)
         return -1;
-    raw = PyObject_CallOneArg(t->raw, event);
-    Py_DECREF(event);
-    if (raw == NULL)
-        return -1;
     if (increment(t->hooks, str_statements) < 0) {
-        Py_DECREF(raw);
+        Py_DECREF(event);
         return -1;
     }
-    res = PyObject_CallOneArg(t->emit, raw);
-    Py_DECREF(raw);
+    open = gate_open(t);
+    if (open < 0 || (open && t->sink == NULL)) {
+        open = open < 0 ? -1 : 0;
+    }
+    if (open < 0) {
+        Py_DECREF(event);
+        return -1;
+    }
+    if (open) {
+        /* What AuditWriter.emit does when nothing needs checking. */
+        Py_ssize_t n;
+        if (PyList_Append(t->sink, event) < 0 || increment(t->gate, str_emitted) < 0) {
+            Py_DECREF(event);
+            return -1;
+        }
+        Py_DECREF(event);
+        n = PyList_GET_SIZE(t->sink);
+        if (n == 1 || n >= t->flush_events) {
+            res = PyObject_CallNoArgs(t->kick);
+            if (res == NULL)
+                return -1;
+            Py_DECREF(res);
+        }
+        return 0;
+    }
+    res = PyObject_CallOneArg(t->emit, event);
+    Py_DECREF(event);
     if (res == NULL)
         return -1;
     Py_DECREF(res);
@@ -479,6 +547,9 @@ on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
     int r;
     if (PyDict_GET_SIZE(t->refused) != 0)
         return 0; /* the relay may have to refuse it */
+    r = gate_open(t);
+    if (r <= 0)
+        return r; /* the audit log may not take it: Python decides */
     pe = memchr(body, 0, n);
     if (pe == NULL)
         return 0;
@@ -821,13 +892,11 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
     Py_DECREF(unsafe);
     if (unsafe != Py_None)
         return 0;
-    if (t->admit != Py_None) {
-        res = PyObject_CallNoArgs(t->admit);
-        if (res == NULL)
-            return -1;
-        Py_DECREF(res);
-        if (res != Py_None)
-            return 0; /* the audit log cannot take it: Python refuses */
+    switch (gate_open(t)) {
+    case -1:
+        return -1;
+    case 0:
+        return 0; /* the audit log may not take it: Python decides (and refuses) */
     }
     raw = PyBytes_FromStringAndSize(body, len);
     if (raw == NULL)
@@ -1153,6 +1222,8 @@ PyInit__trail(void)
     INTERN(str_unsafe, "_unsafe");
     INTERN(str_simple, "simple");
     INTERN(str_hooks_version, "_version");
+    INTERN(str_fast_ok, "fast_ok");
+    INTERN(str_emitted, "_emitted");
 #undef INTERN
     if ((empty_str = PyUnicode_FromString("")) == NULL)
         return NULL;

@@ -39,7 +39,7 @@ class Trail:
         pending: deque[Any],
         refused: dict[bytes, Any],
         emit: Callable[[Any], None],
-        raw: Callable[[bytes], Any],
+        gate: Any,
         session: bytes,
         id_prefix: bytes,
         fast: bool,
@@ -47,7 +47,6 @@ class Trail:
         cache: Any,
         shapes: dict[bytes, Any],
         shape: Callable[[bytes], bytes | None],
-        admit: Callable[[], Any] | None,
     ) -> None: ...
     def scan_frontend(
         self, data: bytes | bytearray | memoryview, pos: int, actions: bytes | bytearray,

@@ -15,9 +15,9 @@ rows, SQLSTATE and message, duration, bytes — not only what was decided:
 
 The events go to an emitter (the worker's ``AuditWriter.emit``); this module does no I/O.
 
-Statement events are written here already encoded, as :class:`msgspec.Raw` JSON objects
-of the ``statement`` type of :mod:`gateway.audit.events` (every member of
-``StatementEvent``, in another order): the members that are the same for every statement
+Statement events are written here already encoded, as the bytes of JSON objects of the
+``statement`` type of :mod:`gateway.audit.events` (every member of ``StatementEvent``, in
+another order): the members that are the same for every statement
 of a session (who) or of a prepared statement (its text, fingerprint and decision) are
 encoded once, and each event only formats its numbers around them. Building and then
 encoding a 29-member Struct per statement cost more than the rest of the audit trail.
@@ -29,6 +29,7 @@ import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -45,7 +46,6 @@ from gateway.wire.frontend import Bind, decode_frontend
 
 _now = time.time_ns
 _enc = msgspec.json.encode
-_Raw = msgspec.Raw
 
 # Named statements remembered per session (their text, for the events of their
 # executions) until the client closes them. Past this many open ones a new Parse is
@@ -182,8 +182,9 @@ class AuditedHooks(PolicyHooks):
     tracks_results = True
 
     __slots__ = (
-        "_emit", "_executions", "_id_prefix", "_info", "_normalized", "_pending", "_portals",
-        "_record_parameters", "_relay", "_seq", "_session", "_statements", "statements",
+        "_emit", "_executions", "_gate", "_id_prefix", "_info", "_normalized", "_pending",
+        "_portals", "_record_parameters", "_relay", "_seq", "_session", "_statements",
+        "statements",
     )
 
     def __init__(
@@ -191,12 +192,13 @@ class AuditedHooks(PolicyHooks):
         cache: DecisionCache,
         info: SessionInfo,
         parameters: dict[str, str],
-        emit: Callable[[Event | msgspec.Raw], None],
+        emit: Callable[[Event | bytes], None],
         *,
         normalized_text: bool = False,
         record_parameters: bool = False,
         admit: Callable[[], Refusal | None] | None = None,
         strict: bool = False,
+        gate: Any = None,
     ) -> None:
         super().__init__(cache, info.role, f"{info.issuer}:{info.subject}", info.database,
                          parameters)
@@ -220,6 +222,9 @@ class AuditedHooks(PolicyHooks):
         self._executions = 0
         # Asked before each statement: a refusal while the audit log cannot take it.
         self._admit = admit
+        # The AuditWriter behind emit, if the C fast path may append to it directly
+        # (AuditWriter.fast_sink); None: every event goes through emit.
+        self._gate = gate
         self.strict = strict
         #: Set when a statement was forwarded whose record must be durable first (strict
         #: mode): the server holds the bytes going upstream until then, then clears it.
@@ -239,12 +244,11 @@ class AuditedHooks(PolicyHooks):
         self._trail = _trail.Trail(
             hooks=self, relay=relay, frontend=frontend, backend=backend,
             statements=self._statements, portals=self._portals, pending=self._pending,
-            refused=refused, emit=self._emit, raw=_Raw, session=self._session,
+            refused=refused, emit=self._emit, gate=self._gate, session=self._session,
             id_prefix=self._id_prefix,
             # Parameters to record and strict mode's start events are Python's work.
             fast=not (self._record_parameters or self.strict), audit=True,
             cache=self._cache, shapes=self._shapes, shape=shape,
-            admit=self._admit,
         )
         return self._trail.scan_frontend, self._trail.scan_backend
 
@@ -300,8 +304,14 @@ class AuditedHooks(PolicyHooks):
         elif kind == b"P":
             self._portals.pop(name, None)
 
-    def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> None:
+    def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> Refusal | None:
         prepared = self._statements.get(statement)
+        refusal = self._blocked()
+        if refusal is not None:
+            # Each execution is a statement to record: none while the log cannot take it.
+            text = prepared.text if prepared is not None else f"<prepared statement {statement!r}>"
+            self._refused("extended", text.encode(), refusal, len(body) + 5)
+            return refusal
         if prepared is None:
             # Prepared before this session was audited, or beyond MAX_STATEMENTS.
             prepared = _Prepared(
@@ -312,6 +322,7 @@ class AuditedHooks(PolicyHooks):
         relay = self._relay
         batch = relay.next_request if relay is not None else 0
         self._portals[portal] = (prepared, params, len(body) + 5, batch)
+        return None
 
     def on_execute(self, portal: bytes) -> None:
         bound = self._portals.get(portal)
@@ -467,12 +478,12 @@ class AuditedHooks(PolicyHooks):
             outcome = b'"sqlstate":%s,"error_message":%s' % (_enc(sqlstate), _enc(error_message))
         else:
             outcome = b'"sqlstate":"","error_message":""'
-        self._emit(_Raw(_EVENT % (
+        self._emit(_EVENT % (
             end, self._id_prefix, seq, self._session, fragment, start, end,
             b"null" if rows is None else b"%d" % rows, command_tag, outcome,
             (end - start) // 1000, bytes_in, bytes_out,
             b"null" if parameters is None else _enc(parameters),
-        )))
+        ))
 
     @staticmethod
     def _parameters(body: memoryview) -> list[str | None] | None:

@@ -92,8 +92,10 @@ class SessionHooks:
         (the session can no longer be inspected faithfully), ``None`` to carry on."""
         return None
 
-    def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> None:
-        """A Bind that is forwarded (``tracks_results``)."""
+    def on_bind(self, portal: bytes, statement: bytes, body: memoryview) -> Refusal | None:
+        """A Bind of a statement whose Parse was not refused (``tracks_results``); a
+        refusal refuses it (the audit log cannot take another statement, say)."""
+        return None
 
     def on_execute(self, portal: bytes) -> None:
         """An Execute (``tracks_results``)."""

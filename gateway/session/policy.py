@@ -202,8 +202,8 @@ class PolicyHooks(SessionHooks):
         self._trail = _trail.Trail(
             hooks=self, relay=relay, frontend=frontend, backend=backend, statements={},
             portals={}, pending=collections.deque(), refused=refused, emit=_no_emit,
-            raw=bytes, session=b"", id_prefix=b"", fast=True, audit=False,
-            cache=self._cache, shapes=self._shapes, shape=shape, admit=None,
+            gate=None, session=b"", id_prefix=b"", fast=True, audit=False,
+            cache=self._cache, shapes=self._shapes, shape=shape,
         )
         return self._trail.scan_frontend, backend.scan
 

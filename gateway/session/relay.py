@@ -272,9 +272,9 @@ class Relay:
         if msg_type == _B:
             portal, statement = _bind_names(body)
             refusal = self._refused_names.get(statement)
+            if refusal is None and self._track:
+                refusal = hooks.on_bind(portal, statement, body)
             if refusal is None:
-                if self._track:
-                    hooks.on_bind(portal, statement, body)
                 return None
             return self._refuse(refusal, self._frontend.requests + 1, as_query=False)
         if msg_type == _EXECUTE:  # only watched when results are tracked

@@ -171,4 +171,5 @@ def test_certificate_from_another_ca_is_refused(
 ) -> None:
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn(mtls_gateway, certs["rogue"], certs["rogue_key"]))
-    assert "TLS handshake" in mtls_gateway.log()
+    expected = "TLS handshake"
+    assert expected in mtls_gateway.wait_for_log(expected)

@@ -316,7 +316,8 @@ def test_psql_refusal_runs_nothing_of_the_string(gw: Gateway, pg: PgCluster) -> 
 def test_observe_rule_logs_and_does_not_block(gw: Gateway) -> None:
     with psycopg.connect(dsn(gw), autocommit=True) as conn:
         conn.execute("vacuum canary")
-    assert "observe: rule watch-vacuum would block" in gw.log()
+    expected = "observe: rule watch-vacuum would block"
+    assert expected in gw.wait_for_log(expected)
 
 
 def test_session_switching_to_unsafe_encoding_is_ended(gw: Gateway, pg: PgCluster) -> None:

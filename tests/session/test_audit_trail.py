@@ -47,8 +47,8 @@ STATEMENT_MEMBERS = {"type", *(f.encode_name for f in msgspec.structs.fields(Sta
 def make(**kw: bool) -> tuple[Relay, Sink, list[Event]]:
     events: list[Event] = []
 
-    def emit(event: Event | msgspec.Raw) -> None:
-        if isinstance(event, msgspec.Raw):
+    def emit(event: Event | bytes) -> None:
+        if isinstance(event, bytes):
             # Written already encoded: it must be a complete statement event.
             members = msgspec.json.decode(event)
             assert set(members) == STATEMENT_MEMBERS, set(members) ^ STATEMENT_MEMBERS

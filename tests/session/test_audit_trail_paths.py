@@ -11,9 +11,11 @@ member and in the same order, timestamps aside.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -133,8 +135,7 @@ def run(accelerated: bool, seed: int, monkeypatch: pytest.MonkeyPatch) -> tuple[
         raw: list[bytes] = []
 
         def emit(event: object) -> None:
-            raw.append(bytes(event) if isinstance(event, msgspec.Raw)
-                       else msgspec.json.encode(event))
+            raw.append(event if isinstance(event, bytes) else msgspec.json.encode(event))
 
         hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {}, emit)
         client, server = Sink(), Sink()
@@ -340,3 +341,113 @@ def test_policy_only_sessions_serve_remembered_shapes_until_a_reload_or_unsafe_s
     before = len(server.bytes())
     relay.client_data(simple_select(9))
     assert len(seen) == 5 and b"pgwarden_refused_" in server.bytes()[before:]
+
+
+def _writer_run(tmp_path: Path, accelerated: bool, monkeypatch: pytest.MonkeyPatch) -> list[
+    dict[str, object]
+]:
+    """The conversation's prepared executions through AuditedHooks wired to a real
+    AuditWriter as the server wires it (emit and the writer as the fast path's sink),
+    sealed into the spool and read back verified."""
+    from nacl.signing import SigningKey
+
+    from gateway.audit import AuditWriter, StatementEvent, Verifier, read_spool
+    from gateway.audit.keys import key_id
+    from tests.audit.helpers import GATEWAY, audit_config, spool_dir
+
+    key = SigningKey(bytes(range(3, 35)))
+    cfg = audit_config(tmp_path / ("fast" if accelerated else "slow"), flush_events=4)
+
+    async def main() -> None:
+        w = AuditWriter(cfg, GATEWAY, 0, key)
+        await w.start()
+        with monkeypatch.context() as m:
+            if not accelerated:
+                slow_path(m)
+            hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {}, w.emit, gate=w)
+            relay = Relay(Sink(), Sink(), hooks)
+            relay.client_data(parse("s", "SELECT $1") + SYNC)
+            relay.server_data(msg(b"1") + Z_IDLE)
+            for i in range(10):
+                relay.client_data(bind("", "s") + EXECUTE + SYNC)
+                relay.server_data(msg(b"2") + ROW + complete(f"SELECT {i}") + Z_IDLE)
+                if i % 3 == 0:
+                    await asyncio.sleep(0)  # let a full batch be sealed meanwhile
+            for aid in range(5):
+                relay.client_data(simple_select(aid))
+                relay.server_data(SIMPLE_ANSWER)
+            relay.close("done")
+        await w.close()
+
+    asyncio.run(main())
+    verifier = Verifier({key_id(key.verify_key): key.verify_key})
+    events: list[dict[str, object]] = []
+    for item in read_spool(spool_dir(Path(cfg.spool_dir))):
+        accepted = verifier.feed(item)
+        assert accepted is not None
+        events += [
+            {k: v for k, v in msgspec.structs.asdict(e).items() if k not in TIMES}
+            for e in accepted.batch.events if isinstance(e, StatementEvent)
+        ]
+    assert verifier.finish().ok
+    return events
+
+
+def test_events_appended_to_the_writer_directly_are_the_same_verified_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = _writer_run(tmp_path, True, monkeypatch)
+    slow = _writer_run(tmp_path, False, monkeypatch)
+    assert len(fast) == 15 and fast == slow
+    assert [e["command_tag"] for e in fast[:10]] == [f"SELECT {i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("accelerated", [True, False])
+def test_a_full_spool_under_fail_closed_refuses_executions_of_prepared_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accelerated: bool
+) -> None:
+    """Each execution is a statement the log must record: when it cannot (the spool is
+    full and audit.on_spool_full is fail_closed), a Bind of an already prepared statement
+    is refused like a new Parse or Query, with the fast path or without."""
+    from nacl.signing import SigningKey
+
+    from gateway.audit import AuditWriter
+    from gateway.server.auditing import SQLSTATE_AUDIT_FULL
+    from gateway.session.hooks import Refusal
+    from tests.audit.helpers import GATEWAY, audit_config
+    from tests.audit.helpers import statement as any_event
+
+    cfg = audit_config(tmp_path)
+    received: list[bytes] = []
+
+    async def main() -> None:
+        w = AuditWriter(cfg, GATEWAY, 0, SigningKey(bytes(range(4, 36))))
+        await w.start()
+        with monkeypatch.context() as m:
+            if not accelerated:
+                slow_path(m)
+            hooks = AuditedHooks(
+                DecisionCache(Policy(BASELINE)), INFO, {}, w.emit, gate=w,
+                admit=lambda: Refusal(SQLSTATE_AUDIT_FULL, "spool full") if w.full else None,
+            )
+            client, server = Sink(), Sink()
+            relay = Relay(client, server, hooks)
+            relay.client_data(parse("s", "SELECT $1") + SYNC)
+            relay.server_data(msg(b"1") + Z_IDLE)
+            relay.client_data(bind("", "s") + EXECUTE + SYNC)
+            relay.server_data(msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE)
+            assert w.spool is not None
+            w.spool.max_bytes = 1  # full from now on
+            w.emit(any_event())
+            assert w.full and not w.fast_ok
+            before = len(server.bytes())
+            relay.client_data(bind("", "s") + EXECUTE + SYNC)
+            sent = server.bytes()[before:]
+            assert b"pgwarden_refused_" in sent and b"B" not in sent[:1]
+            relay.server_data(refused_error(server) + Z_IDLE)
+            received.append(client.bytes())
+            relay.close("done")
+            await w.close()
+
+    asyncio.run(main())
+    assert b"C" + SQLSTATE_AUDIT_FULL.encode() in received[0]
