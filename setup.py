@@ -14,12 +14,14 @@ setup(
         Extension(
             "gateway.wire._speedups",
             ["gateway/wire/_speedups.c"],
+            depends=["gateway/wire/_walk.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),
         Extension(
             "gateway.session._trail",
             ["gateway/session/_trail.c"],
+            depends=["gateway/wire/_walk.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

@@ -23,20 +23,10 @@
  * encoded once (session and statement members); tests check that it is byte-identical to
  * the one the Python path writes.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "../wire/_walk.h"
 #include <structmember.h>
 #include <string.h>
 #include <time.h>
-
-#define ACT_PASS 0
-#define ACT_WATCH 1
-#define ACT_REQUEST 2
-#define ACT_READY 3
-
-#define STOP_NONE -1
-#define STOP_BAD_LENGTH -2
-#define STOP_BAD_READY -3
 
 static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_readies,
     *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append,
@@ -538,6 +528,33 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     return 0;
 }
 
+/* A statement sent upstream now: a Pending with the next id at the end of the queue,
+ * as AuditedHooks._track does. 0, or -1 on error. */
+static int
+track(Trail *t, PyObject *statement, long long batch, long long bytes_in)
+{
+    PyObject *res;
+    Pending *p;
+    long long seq, bytes_out = get_ll(t->relay, str_bytes_out);
+    if (bytes_out == -1 && PyErr_Occurred())
+        return -1;
+    p = pending_make(statement, batch, bytes_in, bytes_out);
+    if (p == NULL)
+        return -1;
+    seq = increment(t->hooks, str_seq);
+    if (seq < 0) {
+        Py_DECREF(p);
+        return -1;
+    }
+    p->id = seq;
+    res = PyObject_CallOneArg(t->append, (PyObject *)p);
+    Py_DECREF(p);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
 /* 1: handled here; 0: leave it to Python (stop at it); -1: error. */
 static int
 on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
@@ -581,9 +598,8 @@ static int
 on_execute(Trail *t, const char *body, Py_ssize_t n, long long batch)
 {
     const char *pe = memchr(body, 0, n);
-    PyObject *portal, *bound, *res;
-    long long size, bytes_out, seq;
-    Pending *p;
+    PyObject *portal, *bound;
+    long long size;
     if (pe == NULL || n != (pe - body) + 5)
         return 0; /* malformed: Python raises the protocol violation */
     portal = PyBytes_FromStringAndSize(body, pe - body);
@@ -604,28 +620,9 @@ on_execute(Trail *t, const char *body, Py_ssize_t n, long long batch)
         Py_DECREF(portal);
         return -1;
     }
-    bytes_out = get_ll(t->relay, str_bytes_out);
-    if (bytes_out == -1 && PyErr_Occurred()) {
-        Py_DECREF(portal);
-        return -1;
-    }
-    p = pending_make(PyTuple_GET_ITEM(bound, 0), batch,
-                     size + 5 + PyBytes_GET_SIZE(portal) + 5, bytes_out);
+    size += 5 + PyBytes_GET_SIZE(portal) + 5;
     Py_DECREF(portal);
-    if (p == NULL)
-        return -1;
-    seq = increment(t->hooks, str_seq);
-    if (seq < 0) {
-        Py_DECREF(p);
-        return -1;
-    }
-    p->id = seq;
-    res = PyObject_CallOneArg(t->append, (PyObject *)p);
-    Py_DECREF(p);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    return 1;
+    return track(t, PyTuple_GET_ITEM(bound, 0), batch, size) < 0 ? -1 : 1;
 }
 
 /* The tag as a JSON string if it needs no escaping, else NULL (no exception). */
@@ -871,7 +868,7 @@ on_ready(Trail *t, unsigned char status, long long ended)
 static int
 on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
 {
-    PyObject *raw, *masked, *entry, *res, *unsafe;
+    PyObject *raw, *masked, *entry, *unsafe;
     long long version, mine, hits;
     Py_ssize_t len = n - 1, i, escapes = 0;
     if (PyDict_GET_SIZE(t->shapes) == 0)
@@ -922,8 +919,7 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
          * other than tab, CR and LF: its JSON only escapes those three. */
         PyObject *suffix = PyTuple_GET_ITEM(entry, 2), *fragment, *text;
         Statement *st;
-        Pending *p;
-        long long bytes_out, seq;
+        int r;
         char *w;
         if (!PyBytes_Check(suffix)) {
             Py_DECREF(raw);
@@ -986,165 +982,79 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
         st->decision = Py_NewRef(PyTuple_GET_ITEM(entry, 0));
         st->protocol = Py_NewRef(str_simple);
         st->extended = Py_NewRef(Py_False);
-        bytes_out = get_ll(t->relay, str_bytes_out);
-        if (bytes_out == -1 && PyErr_Occurred()) {
-            Py_DECREF(st);
-            return -1;
-        }
-        p = pending_make((PyObject *)st, batch, len + 6, bytes_out);
+        r = track(t, (PyObject *)st, batch, len + 6);
         Py_DECREF(st);
-        if (p == NULL)
+        if (r < 0)
             return -1;
-        seq = increment(t->hooks, str_seq);
-        if (seq < 0) {
-            Py_DECREF(p);
-            return -1;
-        }
-        p->id = seq;
-        res = PyObject_CallOneArg(t->append, (PyObject *)p);
-        Py_DECREF(p);
-        if (res == NULL)
-            return -1;
-        Py_DECREF(res);
     } else {
         Py_DECREF(raw);
     }
     return 1;
 }
 
-/* The shared walk: see gateway.wire.scan.scan_py for the contract. side 0 = frontend. */
+/* A walk (gateway.wire.scan.scan_py's contract) that also handles the watched messages
+ * it can inline. side 0 = frontend. */
 static PyObject *
 walk(Trail *t, PyObject *const *args, Py_ssize_t nargs, int side)
 {
     Py_buffer data, actions;
-    Py_ssize_t pos, max_size, n, end = 0;
-    long requests = 0, readies = 0, status = -1, stop = STOP_NONE;
+    Py_ssize_t pos, max_size;
+    Walk w = {0, 0, 0, 0, -1};
     long long base = -1; /* the framer's requests (frontend) or readies (backend) */
     const unsigned char *p, *act;
     PyObject *result = NULL;
+    long stop;
 
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "scan expects 4 arguments");
+    if (walk_args(args, nargs, &data, &actions, &pos, &max_size) < 0)
         return NULL;
-    }
-    pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
-        return NULL;
-    max_size = PyLong_AsSsize_t(args[3]);
-    if (max_size == -1 && PyErr_Occurred())
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[2], &actions, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&data);
-        return NULL;
-    }
-    if (actions.len < 256 || pos < 0) {
-        PyErr_SetString(PyExc_ValueError, "actions must have 256 entries, pos >= 0");
-        goto done;
-    }
     p = (const unsigned char *)data.buf;
     act = (const unsigned char *)actions.buf;
-    n = data.len;
-
-    while (n - pos >= 5) {
-        unsigned char ty = p[pos];
-        Py_ssize_t length = ((Py_ssize_t)p[pos + 1] << 24) | ((Py_ssize_t)p[pos + 2] << 16) |
-                            ((Py_ssize_t)p[pos + 3] << 8) | (Py_ssize_t)p[pos + 4];
-        unsigned char a;
-        if (length < 4 || length > max_size) {
-            stop = STOP_BAD_LENGTH;
-            end = length;
+    w.pos = pos;
+    for (;;) {
+        int r = 0;
+        const char *body;
+        Py_ssize_t blen;
+        unsigned char ty;
+        stop = walk_headers(&w, p, data.len, act, max_size);
+        if (stop < 0 || !t->fast)
             break;
-        }
-        end = pos + 1 + length;
-        a = act[ty];
-        if (end > n)
-            break;
-        if (a == ACT_PASS) {
-            pos = end;
-        } else if (a == ACT_REQUEST) {
-            requests++;
-            pos = end;
-        } else if (a == ACT_READY) {
-            unsigned char s;
-            if (length != 5) {
-                stop = STOP_BAD_READY;
-                break;
-            }
-            s = p[pos + 5];
-            if (s != 'I' && s != 'T' && s != 'E') {
-                stop = STOP_BAD_READY;
-                break;
-            }
-            status = s;
-            readies++;
-            pos = end;
-        } else {
-            int r = 0;
-            const char *body = (const char *)p + pos + 5;
-            if (t->fast) {
-                if (base < 0) {
-                    base = get_ll(side == 0 ? t->frontend : t->backend,
-                                  side == 0 ? str_requests : str_readies);
-                    if (base == -1 && PyErr_Occurred())
-                        goto done;
-                }
-                if (side == 0) {
-                    if (ty == 'Q') {
-                        /* A Query is its own request: counted once handled. */
-                        r = on_query(t, body, length - 4, base + requests + 1);
-                        if (r == 1)
-                            requests++;
-                    } else if (t->audit && ty == 'B') {
-                        r = on_bind(t, body, length - 4, base + requests + 1);
-                    } else if (t->audit && ty == 'E') {
-                        r = on_execute(t, body, length - 4, base + requests + 1);
-                    }
-                } else if (!t->audit) {
-                    r = 0;
-                } else if (ty == 'C') {
-                    r = on_complete(t, body, length - 4);
-                } else if (ty == 'Z' && length == 5 &&
-                           (body[0] == 'I' || body[0] == 'T' || body[0] == 'E')) {
-                    r = on_ready(t, (unsigned char)body[0], base + readies + 1);
-                    if (r == 1) {
-                        status = (unsigned char)body[0];
-                        readies++;
-                    }
-                }
-            }
-            if (r < 0)
+        ty = (unsigned char)stop;
+        body = (const char *)p + w.pos + 5;
+        blen = w.end - w.pos - 5;
+        if (base < 0) {
+            base = get_ll(side == 0 ? t->frontend : t->backend,
+                          side == 0 ? str_requests : str_readies);
+            if (base == -1 && PyErr_Occurred())
                 goto done;
-            if (r == 0) {
-                stop = ty;
-                break;
-            }
-            pos = end;
         }
-    }
-    {
-        PyObject *items[6];
-        int i;
-        result = PyTuple_New(6);
-        if (result == NULL)
+        if (side == 0) {
+            if (ty == 'Q') {
+                /* A Query is its own request: counted once handled. */
+                r = on_query(t, body, blen, base + w.requests + 1);
+                if (r == 1)
+                    w.requests++;
+            } else if (t->audit && ty == 'B') {
+                r = on_bind(t, body, blen, base + w.requests + 1);
+            } else if (t->audit && ty == 'E') {
+                r = on_execute(t, body, blen, base + w.requests + 1);
+            }
+        } else if (t->audit && ty == 'C') {
+            r = on_complete(t, body, blen);
+        } else if (t->audit && ty == 'Z' && blen == 1 &&
+                   (body[0] == 'I' || body[0] == 'T' || body[0] == 'E')) {
+            r = on_ready(t, (unsigned char)body[0], base + w.readies + 1);
+            if (r == 1) {
+                w.status = (unsigned char)body[0];
+                w.readies++;
+            }
+        }
+        if (r < 0)
             goto done;
-        items[0] = PyLong_FromSsize_t(pos);
-        items[1] = PyLong_FromLong(stop);
-        items[2] = PyLong_FromSsize_t(end);
-        items[3] = PyLong_FromLong(requests);
-        items[4] = PyLong_FromLong(readies);
-        items[5] = PyLong_FromLong(status);
-        for (i = 0; i < 6; i++) {
-            if (items[i] == NULL) {
-                Py_CLEAR(result);
-                for (i = i + 1; i < 6; i++)
-                    Py_XDECREF(items[i]);
-                goto done;
-            }
-            PyTuple_SET_ITEM(result, i, items[i]);
-        }
+        if (r == 0)
+            break; /* Python's: stop at it, as at any watched message */
+        w.pos = w.end;
     }
+    result = walk_result(&w, stop);
 done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&actions);

@@ -51,6 +51,19 @@ def simple_select(aid: int) -> bytes:
 SIMPLE_ANSWER = msg(b"T", b"\x00\x00") + ROW + msg(b"C", cstr("SELECT 1")) + msg(b"Z", b"I")
 
 
+def queries_seen_by(cls: type, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The texts of the Queries that reach ``cls.on_query`` (Python) from now on."""
+    seen: list[bytes] = []
+    original = cls.on_query  # type: ignore[attr-defined]
+
+    def watched(self: object, sql: bytes) -> object:
+        seen.append(sql)
+        return original(self, sql)
+
+    monkeypatch.setattr(cls, "on_query", watched)
+    return seen
+
+
 def complete(tag: str) -> bytes:
     return msg(b"C", cstr(tag))
 
@@ -274,14 +287,7 @@ def test_fast_path_never_serves_a_text_without_a_remembered_shape(
     for aid in (1, 2):
         relay.client_data(simple_select(aid))
         relay.server_data(SIMPLE_ANSWER)
-    seen: list[bytes] = []
-    original = AuditedHooks.on_query
-
-    def watched(self: AuditedHooks, sql: bytes) -> object:
-        seen.append(sql)
-        return original(self, sql)
-
-    monkeypatch.setattr(AuditedHooks, "on_query", watched)
+    seen = queries_seen_by(AuditedHooks, monkeypatch)
     base = "SELECT abalance FROM pgbench_accounts\n\tWHERE aid = "
     attacks = [
         base + "5; DELETE FROM t;",  # a second statement
@@ -314,14 +320,7 @@ def test_policy_only_sessions_serve_remembered_shapes_until_a_reload_or_unsafe_s
     hooks = PolicyHooks(cache, "etl", "ci:repo", "appdb", {})
     server = Sink()
     relay = Relay(Sink(), server, hooks)
-    seen: list[bytes] = []
-    original = PolicyHooks.on_query
-
-    def watched(self: PolicyHooks, sql: bytes) -> object:
-        seen.append(sql)
-        return original(self, sql)
-
-    monkeypatch.setattr(PolicyHooks, "on_query", watched)
+    seen = queries_seen_by(PolicyHooks, monkeypatch)
     for aid in range(6):
         relay.client_data(simple_select(aid))
         relay.server_data(SIMPLE_ANSWER)
