@@ -155,6 +155,9 @@ def test_stop_is_idempotent_and_md5(tmp_path: Path) -> None:
         psycopg.connect(pg.dsn(connect_timeout=2, sslmode="disable"))
     assert "database system is shut down" in pg.server_log()
     with socket.socket() as sock:
+        # Nothing listens on the port any more. (SO_REUSEADDR: the server's side of the
+        # connection above may linger in TIME_WAIT, which is not a listener.)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
 
 
