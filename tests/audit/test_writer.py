@@ -239,6 +239,49 @@ def test_a_failing_spool_is_loud_and_nothing_is_lost(
     assert ids == [f"s1:{n}" for n in range(6)]
 
 
+def test_a_seal_failing_midway_keeps_what_was_sealed_and_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sealing goes a batch at a time: if it fails after the chain advanced, the sealed
+    records are kept (they must be written, in order) and the rest of the events go back
+    to be sealed again."""
+    import gateway.audit.writer as writer_mod
+    from gateway.audit.batch import Chain
+
+    monkeypatch.setattr(writer_mod, "RETRY_DELAY", 0.05)
+    cfg = audit_config(tmp_path, flush_events=4)
+    real_seal = Chain.seal
+    calls = {"n": 0}
+
+    def flaky_seal(self: Chain, events: object, kind: str = "data") -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second batch of the first drain (after the open batch)
+            raise MemoryError("simulated")
+        return real_seal(self, events, kind)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Chain, "seal", flaky_seal)
+
+    async def main() -> None:
+        w = writer(cfg)
+        await w.start()
+        for n in range(10):  # three batches' worth, sealed in one drain
+            w.emit(statement(n))
+        with pytest.raises(AuditWriteError, match="simulated"):
+            await w.durable()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if w.failed is None:
+                break
+        await w.durable()
+        await w.close()
+
+    run(main())
+    report = verify_records(read_spool(cfg.spool_dir), keys_of(KEY))
+    assert report.ok, report.problems
+    ids = [e.id for b in batches(cfg) for e in b.events if isinstance(e, StatementEvent)]
+    assert ids == [f"s1:{n}" for n in range(10)]
+
+
 def test_fail_open_drops_and_records_the_loss(tmp_path: Path) -> None:
     cfg = audit_config(
         tmp_path, on_spool_full="fail_open", segment_bytes=64 * 1024,
