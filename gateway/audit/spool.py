@@ -542,6 +542,13 @@ class Spool:
 # ---------------------------------------------------------------------- reading for audit
 
 
+def _segment_files(directory: Path) -> list[tuple[int, Path]]:
+    """(base position, path) of a chain directory's segment files, in order."""
+    return sorted(
+        (int(m.group(1)), p) for p in directory.iterdir() if (m := _SEGMENT_NAME.match(p.name))
+    )
+
+
 def _workers_in(directory: Path) -> list[tuple[int, Path]]:
     return sorted(
         (int(m.group(1)), p)
@@ -581,11 +588,7 @@ def read_spool(path: str | os.PathLike[str]) -> Iterator[SourcedRecord]:
         raise SpoolError(f"{root} is not a directory")
     for gateway, worker, directory in _chain_dirs(root):
         key = partition_key(gateway, worker)
-        segments = sorted(
-            (int(m.group(1)), p)
-            for p in directory.iterdir()
-            if (m := _SEGMENT_NAME.match(p.name))
-        )
+        segments = _segment_files(directory)
         for index, (_, seg_path) in enumerate(segments):
             last_segment = index == len(segments) - 1
             try:
@@ -658,11 +661,7 @@ def follow_spool(
         progressed = False
         for gateway, worker, directory in _chain_dirs(root):
             key = partition_key(gateway, worker)
-            segments = sorted(
-                (int(m.group(1)), p)
-                for p in directory.iterdir()
-                if (m := _SEGMENT_NAME.match(p.name))
-            )
+            segments = _segment_files(directory)
             current_base, current_offset = positions.get(directory, (-1, 0))
             for index, (base, seg_path) in enumerate(segments):
                 if base < current_base:

@@ -241,7 +241,7 @@ class AuditWriter:
             if self._dropped_pending:  # fail_open losses nobody emitted after
                 self._pending.append(_encoder.encode(self._dropped_event()))
                 self._emitted += 1
-            records, events = self._seal_pending(chain)
+            records, events = self._seal_pending()
             stop = WorkerStopEvent(
                 at=self._clock(), pid=os.getpid(), reason=reason, events=self._emitted
             )
@@ -431,18 +431,16 @@ class AuditWriter:
             records.append(self.chain.seal(pending[:size]))
             del pending[:size]
 
-    def _seal_pending(self, chain: Chain) -> tuple[list[bytes], int]:
+    def _seal_pending(self) -> tuple[list[bytes], int]:
         """Seal what is pending (after any records a failed append left) into batches of
         at most ``flush_events``; returns the records and how many emitted events they
-        hold."""
-        records, events = self._retry, self._retry_events
+        hold (for close(), when nothing else will run)."""
+        records, events = self._retry, self._retry_events + len(self._pending)
         self._retry, self._retry_events = [], 0
         pending = self._pending[:]
         self._pending.clear()
-        size = self._flush_events
-        for i in range(0, len(pending), size):
-            records.append(chain.seal(pending[i : i + size]))
-        return records, events + len(pending)
+        self._seal_into(records, pending)
+        return records, events
 
     def _written(self, records: list[bytes], events: int) -> None:
         self._batches += len(records)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import msgspec
@@ -99,15 +99,10 @@ def _decision_suffix(fingerprint: str, decision: Decision) -> bytes:
 
 
 def _session_fragment(info: SessionInfo) -> bytes:
-    """The members of a statement event that are the same for the whole session."""
-    return b''.join((
-        b'"session_id":', _enc(info.session_id), b',"issuer":', _enc(info.issuer),
-        b',"subject":', _enc(info.subject), b',"client_id":', _enc(info.client_id),
-        b',"role":', _enc(info.role), b',"upstream_user":', _enc(info.upstream_user),
-        b',"database":', _enc(info.database), b',"client_addr":', _enc(info.client_addr),
-        b',"application_name":', _enc(info.application_name),
-        b',"masked_columns":[],"approval_id":""',
-    ))
+    """The members of a statement event that are the same for the whole session: every
+    field of SessionInfo (named as in StatementEvent), and the ones not recorded yet."""
+    members = [b'"%s":%s' % (f.name.encode(), _enc(getattr(info, f.name))) for f in fields(info)]
+    return b",".join([*members, b'"masked_columns":[]', b'"approval_id":""'])
 
 
 # Command tags repeat ("SELECT 1", "UPDATE 1"): their JSON and row count, cached.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import resource
+import signal
 import struct
 import time
 import zlib
@@ -139,3 +142,16 @@ def events_of(records: list[bytes]) -> list[Event]:
     from gateway.audit.batch import decode_batch, parse_record
 
     return [e for r in records for e in decode_batch(parse_record(r)).events]
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Make writes past ``limit`` bytes fail with EFBIG (a full disk, for real)."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)

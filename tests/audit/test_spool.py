@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import resource
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,7 @@ from gateway.audit.spool import SEGMENT_MAGIC, SpoolCorrupt, SpoolError, follow_
 from tests.audit.helpers import (
     GATEWAY,
     epoch_records,
+    file_size_limit,
     kafka_key,
     keys_of,
     open_spool,
@@ -35,17 +32,6 @@ def segments(root: Path, worker: int = 0) -> list[Path]:
     return sorted(spool_dir(root, worker).glob("*.seg"))
 
 
-@contextlib.contextmanager
-def file_size_limit(limit: int) -> Iterator[None]:
-    """Make writes past ``limit`` bytes fail with EFBIG (a full disk, for real)."""
-    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous_handler)
 
 
 def test_append_then_read_back_in_order(tmp_path: Path, records: list[bytes]) -> None:

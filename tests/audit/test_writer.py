@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import resource
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +29,14 @@ from gateway.audit import (
 )
 from gateway.audit.batch import Batch
 from gateway.config import AuditConfig, AuditKafkaConfig
-from tests.audit.helpers import GATEWAY, audit_config, keys_of, spool_dir, statement
+from tests.audit.helpers import (
+    GATEWAY,
+    audit_config,
+    file_size_limit,
+    keys_of,
+    spool_dir,
+    statement,
+)
 
 KEY = SigningKey(bytes(range(2, 34)))
 
@@ -187,18 +190,6 @@ def test_events_emitted_in_one_loop_iteration_share_an_append(tmp_path: Path) ->
         await w.close()
 
     run(main())
-
-
-@contextlib.contextmanager
-def file_size_limit(limit: int) -> Iterator[None]:
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, previous)
 
 
 def test_a_failing_spool_is_loud_and_nothing_is_lost(
