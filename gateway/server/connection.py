@@ -516,9 +516,9 @@ class ClientConnection(asyncio.Protocol):
         # From now on every read goes straight to the relay: uvloop caches the
         # data_received bound method when the protocol is set, so this saves a Python
         # call per read in each direction on the hot path.
-        self.data_received = relay.client_data  # type: ignore[method-assign]
+        self.data_received = relay.client_data  # type: ignore[method-assign,assignment]
         client.set_protocol(self)
-        proto.data_received = relay.server_data  # type: ignore[method-assign]
+        proto.data_received = relay.server_data  # type: ignore[method-assign,assignment]
         session.transport.set_protocol(proto)
         leftover = proto.take_leftover()
         if leftover:

@@ -39,7 +39,9 @@ from gateway.wire.framer import (
     ACT_WATCH,
     DEFAULT_MAX_MESSAGE_SIZE,
     Chunk,
+    Forward,
     Framer,
+    Scanned,
     action_table,
 )
 from gateway.wire.frontend import Describe, Query
@@ -102,9 +104,8 @@ class Relay:
         "_refusals",
         "_refused_names",
         "_track",
-        "bytes_in",
-        "bytes_out",
         "client",
+        "client_data",
         "client_terminated",
         "on_client_violation",
         "on_server_violation",
@@ -112,6 +113,7 @@ class Relay:
         "on_terminate",
         "parameters",
         "server",
+        "server_data",
     )
 
     def __init__(
@@ -139,9 +141,6 @@ class Relay:
         active = self._hooks.active
         self._track = track = active and self._hooks.tracks_results
         watch_ready = type(self._hooks).on_ready is not SessionHooks.on_ready
-        #: Bytes received from the client and from the server (whole reads).
-        self.bytes_in = 0
-        self.bytes_out = 0
         # Outstanding refusals: the replacement statement's name -> (the ReadyForQuery
         # ordinal that ends its batch, the refusal).
         self._refusals: dict[bytes, tuple[int, Refusal]] = {}
@@ -177,6 +176,29 @@ class Relay:
                                        self._refused_names)
         if scans is not None:
             self._frontend.scan, self._backend.scan = scans
+        #: Bytes from the client, for the server; usable directly as a protocol's
+        #: ``data_received``. A read of whole messages that need nothing but a walk is
+        #: handled in C (gateway.wire.framer.Forward); the rest comes back to
+        #: _client_read/_client_scanned. A protocol violation is passed to
+        #: ``on_client_violation`` when set (the caller then closes the session), and
+        #: raised otherwise.
+        self.client_data: Forward = Forward(
+            self._frontend, server.write, self._client_read, self._client_scanned
+        )
+        #: Bytes from the server, for the client: the counterpart of :attr:`client_data`.
+        self.server_data: Forward = Forward(
+            self._backend, client.write, self._server_read, self._server_scanned
+        )
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received from the client (whole reads)."""
+        return self.client_data.bytes
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes received from the server (whole reads)."""
+        return self.server_data.bytes
 
     @property
     def current_batch(self) -> int:
@@ -224,15 +246,24 @@ class Relay:
 
     # -- client -> server ---------------------------------------------------------------
 
-    def client_data(self, data: bytes) -> None:
-        """Bytes from the client; usable directly as a protocol's ``data_received``.
-
-        A protocol violation is passed to ``on_client_violation`` when set (the caller
-        then closes the session), and raised otherwise.
-        """
-        self.bytes_in += len(data)
+    def _client_read(self, data: bytes) -> None:
+        """A read from the client that the C path handed over whole."""
         try:
             out = self._frontend.feed(data)
+        except ProtocolViolation as exc:
+            if self.on_client_violation is None:
+                raise
+            self.on_client_violation(exc)
+            return
+        if out is None:
+            self.server.write(data)
+        elif out:
+            self.server.writelines(out)
+
+    def _client_scanned(self, data: bytes, scanned: Scanned) -> None:
+        """A read from the client that the C path walked up to a message to act on."""
+        try:
+            out = self._frontend.feed_scanned(data, scanned)
         except ProtocolViolation as exc:
             if self.on_client_violation is None:
                 raise
@@ -323,11 +354,24 @@ class Relay:
 
     # -- server -> client ---------------------------------------------------------------
 
-    def server_data(self, data: bytes) -> None:
-        """Bytes from the server; the counterpart of :meth:`client_data`."""
-        self.bytes_out += len(data)
+    def _server_read(self, data: bytes) -> None:
+        """A read from the server that the C path handed over whole."""
         try:
             out = self._backend.feed(data)
+        except ProtocolViolation as exc:
+            if self.on_server_violation is None:
+                raise
+            self.on_server_violation(exc)
+            return
+        if out is None:
+            self.client.write(data)
+        elif out:
+            self.client.writelines(out)
+
+    def _server_scanned(self, data: bytes, scanned: Scanned) -> None:
+        """A read from the server that the C path walked up to a message to act on."""
+        try:
+            out = self._backend.feed_scanned(data, scanned)
         except ProtocolViolation as exc:
             if self.on_server_violation is None:
                 raise
@@ -422,6 +466,9 @@ class Relay:
         self._hooks.on_close(reason)
         self._hooks.detach_fast()
         self._frontend.scan = self._backend.scan = scan
+        # The forwarders hold the framers, the writers and bound methods of this relay.
+        self.client_data.close(_closed_data)
+        self.server_data.close(_closed_data)
         # The framers hold bound methods of this relay: break the cycle now rather than
         # leave the session to the cyclic garbage collector.
         self._frontend.handler = _closed_handler
@@ -432,6 +479,10 @@ class Relay:
 
 
 def _closed_handler(msg_type: int, body: memoryview) -> bytes | None:
+    raise ProtocolViolation("session is closed")
+
+
+def _closed_data(data: bytes) -> None:
     raise ProtocolViolation("session is closed")
 
 

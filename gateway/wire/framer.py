@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.wire.errors import MessageTooLarge, ProtocolViolation
 from gateway.wire.scan import (
@@ -33,6 +34,7 @@ from gateway.wire.scan import (
     ACT_WATCH,
     STOP_BAD_LENGTH,
     STOP_NONE,
+    Scanner,
     scan,
 )
 
@@ -47,15 +49,21 @@ Handler = Callable[[int, memoryview], "bytes | None"]
 
 Chunk = bytes | memoryview
 
+#: What a walk returns: (pos, stop, end, requests, readies, status).
+Scanned = tuple[int, int, int, int, int, int]
+
 __all__ = [
     "ACT_PASS",
     "ACT_READY",
     "ACT_REQUEST",
     "ACT_WATCH",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "FORWARD_ACCELERATED",
     "Chunk",
+    "Forward",
     "Framer",
     "Handler",
+    "Scanned",
     "action_table",
     "watch_table",
 ]
@@ -79,7 +87,72 @@ def watch_table(types: bytes | str) -> bytearray:
     return action_table(watch=types)
 
 
-class Framer:
+class _FramerCorePy:
+    """Pure-Python twin of ``_speedups.FramerCore``: the state a Framer keeps between reads."""
+
+    __slots__ = (
+        "_pending",
+        "_skip",
+        "actions",
+        "max_message_size",
+        "readies",
+        "requests",
+        "scan",
+        "status",
+    )
+
+    _pending: bytearray
+    _skip: int
+    actions: bytearray
+    max_message_size: int
+    readies: int
+    requests: int
+    scan: Scanner
+    status: int
+
+
+class _ForwardPy:
+    """Pure-Python twin of ``_speedups.Forward``: every read goes to ``on_carried``."""
+
+    __slots__ = ("_on_data", "bytes")
+
+    def __init__(
+        self,
+        framer: Framer,
+        write: Callable[[bytes], object],
+        on_carried: Callable[[bytes], None],
+        on_scanned: Callable[[bytes, Scanned], None],
+    ) -> None:
+        self.bytes = 0
+        self._on_data = on_carried
+
+    def __call__(self, data: bytes, /) -> None:
+        self.bytes += len(data)
+        self._on_data(data)
+
+    def close(self, on_data: Callable[[bytes], None], /) -> None:
+        self._on_data = on_data
+
+
+def _load() -> tuple[type[_FramerCorePy], type[_ForwardPy], bool]:
+    try:
+        from gateway.wire import _speedups
+    except ImportError:  # pragma: no cover - the extension is optional
+        return _FramerCorePy, _ForwardPy, False
+    return _speedups.FramerCore, _speedups.Forward, True  # type: ignore[return-value]
+
+
+if TYPE_CHECKING:
+    # Both twins have one interface; the checker reads the C one's stub.
+    from gateway.wire._speedups import Forward as Forward
+    from gateway.wire._speedups import FramerCore as _FramerCore
+
+    FORWARD_ACCELERATED: bool
+else:
+    _FramerCore, Forward, FORWARD_ACCELERATED = _load()
+
+
+class Framer(_FramerCore):
     """Incremental framer for one direction of a session in the post-startup phase.
 
     ``feed(data)`` returns ``None`` when *data* is to be forwarded as it is, or else the
@@ -90,18 +163,7 @@ class Framer:
     actions saw. The action table may be changed in place between calls.
     """
 
-    __slots__ = (
-        "_need",
-        "_pending",
-        "_skip",
-        "actions",
-        "handler",
-        "max_message_size",
-        "readies",
-        "requests",
-        "scan",
-        "status",
-    )
+    __slots__ = ("_need", "handler")
 
     def __init__(
         self,
@@ -153,9 +215,15 @@ class Framer:
         """
         if self._skip or self._pending:
             return self._feed_carried(data)
-        pos, stop, end, requests, readies, status = self.scan(
-            data, 0, self.actions, self.max_message_size
-        )
+        return self.feed_scanned(data, self.scan(data, 0, self.actions, self.max_message_size))
+
+    def feed_scanned(self, data: bytes, scanned: Scanned) -> list[Chunk] | None:
+        """:meth:`feed` for a read already walked from its start by ``self.scan``.
+
+        Only valid at a message boundary; :class:`Forward` hands over here the reads whose
+        walk (which may have acted on messages: it runs once) stopped at something to do.
+        """
+        pos, stop, end, requests, readies, status = scanned
         if requests:
             self.requests += requests
         if readies:
