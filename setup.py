@@ -1,6 +1,7 @@
 """Build of the optional C parts: the header walk (gateway/wire/_speedups.c), the
-statement shape (gateway/sql/_shape.c) and the audit trail's fast path
-(gateway/session/_trail.c).
+statement shape (gateway/sql/_shape.c), the audit trail's fast path
+(gateway/session/_trail.c) and direct socket I/O for established sessions
+(gateway/server/_fastio.c).
 
 Everything else is in pyproject.toml. The extension is optional: if it cannot be
 compiled, pgwarden runs the pure-Python walk in gateway/wire/scan.py with the same
@@ -22,6 +23,12 @@ setup(
             "gateway.session._trail",
             ["gateway/session/_trail.c"],
             depends=["gateway/wire/_walk.h"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "gateway.server._fastio",
+            ["gateway/server/_fastio.c"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

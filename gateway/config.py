@@ -94,6 +94,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     max_message_size: int = GIB
     write_buffer_high: int = 262144
     write_buffer_low: int = 65536
+    # Established plain-TCP sessions read and write their sockets directly (see
+    # gateway.server.fastio); false keeps every session on the asyncio transports.
+    direct_io: bool = True
     run_dir: str = ""  # "" = a private temp dir made by the supervisor
     pid_file: str = ""  # "" = <temp dir>/pgwarden-<listen_port>.pid (for pgwarden reload)
     gateway_id: str = ""  # "" = hostname

@@ -35,6 +35,7 @@ from gateway.audit.events import (
 from gateway.identity.authenticate import AuthenticationFailed
 from gateway.identity.bindings import DatabaseNotAllowed, NoRoleBound
 from gateway.identity.principal import Principal
+from gateway.server.fastio import DirectIO
 from gateway.server.pool import PoolKey, pool_key
 from gateway.server.startup_params import StartupParamError, upstream_params
 from gateway.server.upstream import UpstreamError, UpstreamSession, open_upstream
@@ -88,6 +89,8 @@ class ClientConnection(asyncio.Protocol):
         self.tls = False
         self.relay: Relay | None = None
         self.upstream: UpstreamSession | None = None
+        #: Direct socket I/O of the relaying session (None: the transports do the I/O).
+        self.direct: DirectIO | None = None
         self.params: dict[str, str] = {}
         self.client_user = ""
         self.client_database = ""
@@ -151,6 +154,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.phase
         self.phase = Phase.CLOSED
+        self._detach_direct()
         self._cancel_timer()
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
@@ -193,11 +197,15 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client is slow: stop reading the server until the client catches up.
-        if self.upstream is not None:
+        if self.direct is not None:
+            self.direct.pause_upstream()
+        elif self.upstream is not None:
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and not self.upstream.transport.is_closing():
+        if self.direct is not None:
+            self.direct.resume_upstream()
+        elif self.upstream is not None and not self.upstream.transport.is_closing():
             self.upstream.transport.resume_reading()
 
     # -- startup ------------------------------------------------------------------------
@@ -488,9 +496,12 @@ class ClientConnection(asyncio.Protocol):
                 client_id=info.client_id, role=self.role_name,
                 upstream_user=self.upstream_user, tls=self.tls,
             ))
+        direct = None
+        if upstream_writer is session.transport and self.ctx.config.server.direct_io:
+            direct = DirectIO.create(client, session.transport)
         relay = Relay(
-            client,
-            upstream_writer,
+            client if direct is None else direct.client,
+            upstream_writer if direct is None else direct.upstream,
             hooks,
             max_message_size=self.ctx.config.server.max_message_size,
             tx_status=session.tx_status,
@@ -500,8 +511,12 @@ class ClientConnection(asyncio.Protocol):
         self.relay = relay
         proto.relay = relay
         proto.on_lost = self._upstream_lost
-        proto.on_pause_writing = client.pause_reading
-        proto.on_resume_writing = self._resume_client_reading
+        if direct is not None:
+            proto.on_pause_writing = direct.pause_client
+            proto.on_resume_writing = direct.resume_client
+        else:
+            proto.on_pause_writing = client.pause_reading
+            proto.on_resume_writing = self._resume_client_reading
         relay.on_terminate = self._client_terminated
         relay.on_session_fatal = self.shutdown
         # A fresh session replays its startup messages as PostgreSQL sent them; a reused
@@ -520,6 +535,11 @@ class ClientConnection(asyncio.Protocol):
         client.set_protocol(self)
         proto.data_received = relay.server_data  # type: ignore[method-assign,assignment]
         session.transport.set_protocol(proto)
+        if direct is not None:
+            # From here on the sockets are read directly (the transports' reading is
+            # paused; they read again only to meet the end of the stream).
+            self.direct = direct
+            direct.start(relay.client_data, relay.server_data, self._direct_failed)
         leftover = proto.take_leftover()
         if leftover:
             proto.data_received(leftover)
@@ -537,8 +557,26 @@ class ClientConnection(asyncio.Protocol):
     def _client_terminated(self) -> None:
         # Terminate is not forwarded: connection_lost decides whether the upstream
         # session ends or goes back to the pool.
+        self._detach_direct()
         if self.transport is not None:
             self.transport.close()
+
+    def _detach_direct(self) -> None:
+        # Before anything closes, aborts or pools a transport: the duplicates would keep
+        # the sockets open, and nothing may be read or sent behind the transports' back.
+        direct, self.direct = self.direct, None
+        if direct is not None:
+            direct.detach()
+
+    def _direct_failed(self, side: str, exc: BaseException) -> None:
+        # What uvloop does when data_received raises: log it, abort that connection.
+        log.error("unexpected error handling data from the %s of %s", side, self.peer,
+                  exc_info=exc)
+        self._detach_direct()
+        if side == "upstream" and self.upstream is not None:
+            self.upstream.transport.abort()
+        elif self.transport is not None:
+            self.transport.abort()
 
     def _resume_client_reading(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -547,6 +585,7 @@ class ClientConnection(asyncio.Protocol):
     # -- upstream events ----------------------------------------------------------------
 
     def _upstream_lost(self, exc: BaseException | None) -> None:
+        self._detach_direct()
         if self.phase is Phase.CLOSED or self.transport is None:
             return
         if exc is not None:
@@ -556,6 +595,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _upstream_violation(self, exc: ProtocolViolation) -> None:
         log.error("protocol violation from upstream: %s", exc.message)
+        self._detach_direct()
         if self.upstream is not None:
             self.upstream.transport.abort()
         self._fatal("08P01", f"pgwarden: upstream protocol violation: {exc.message}")
@@ -571,6 +611,7 @@ class ClientConnection(asyncio.Protocol):
         """Close this session now, telling the client why (drain, fast stop)."""
         if self.phase is Phase.CLOSED:
             return
+        self._detach_direct()
         if self.upstream is not None and not self.upstream.transport.is_closing():
             self.upstream.transport.write(_TERMINATE)
             self.upstream.transport.close()
@@ -595,12 +636,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _violation(self, exc: ProtocolViolation) -> None:
         log.info("protocol violation from %s: %s", self.peer, exc.message)
+        self._detach_direct()
         if self.upstream is not None:
             # The upstream stream may have been cut mid-message: it cannot be reused.
             self.upstream.transport.abort()
         self._fatal(exc.sqlstate, exc.message)
 
     def _fatal(self, sqlstate: str, message: str) -> None:
+        self._detach_direct()
         self._write(backend.fatal(sqlstate, message))
         self._close()
 

@@ -172,6 +172,14 @@ class WorkerContext:
         if self.oidc is not None:
             await self.oidc.start()
 
+    def _direct_io(self) -> dict[str, int]:
+        sides = [c.direct.sides for c in self.sessions.values() if c.direct is not None]
+        return {
+            "sessions": len(sides),
+            "client": sum(client for client, _ in sides),
+            "upstream": sum(upstream for _, upstream in sides),
+        }
+
     def stats(self) -> dict[str, object]:
         """This worker's counters, for `pgwarden stats` (written at each heartbeat)."""
         cache = self.decisions.stats()
@@ -180,6 +188,9 @@ class WorkerContext:
             "pid": os.getpid(),
             "connections": len(self.connections),
             "sessions": len(self.sessions),
+            # Sessions with a socket read and written directly (gateway.server.fastio), and
+            # how many of their client and upstream sides are.
+            "direct_io": self._direct_io(),
             "policy_version": cache.version,
             "decision_cache": {
                 "session_hits": cache.session_hits,

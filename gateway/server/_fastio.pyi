@@ -1,0 +1,23 @@
+"""Types of the optional C direct socket I/O; see gateway/server/fastio.py."""
+
+from collections.abc import Callable
+
+from gateway.wire.framer import Chunk
+
+class Endpoint:
+    reads: int
+    sends: int
+    handed: int
+    def __init__(self, fd: int, transport: object) -> None: ...
+    def readable(self) -> None: ...
+    def write(self, data: Chunk, /) -> None: ...
+    def writelines(self, data: list[Chunk], /) -> None: ...
+    def bind(
+        self,
+        on_data: Callable[[bytes], None],
+        on_eof: Callable[[int], None],
+        on_error: Callable[[BaseException], None],
+        /,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def fileno(self) -> int: ...
