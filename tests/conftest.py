@@ -86,6 +86,24 @@ def gateway(
 
 
 @pytest.fixture(scope="session")
+def plain_gateway(
+    start_gateway: Callable[..., Gateway], tmp_path_factory: pytest.TempPathFactory
+) -> Gateway:
+    """The shared gateway's twin with plain TCP to PostgreSQL: a client that connects
+    without TLS has both sides of its session on direct socket I/O
+    (gateway.server.fastio), which the compatibility matrix also runs through."""
+    from gateway.audit.keys import generate_key
+
+    audit_dir = tmp_path_factory.mktemp("plain-audit")
+    generate_key(audit_dir / "audit.key")
+    audit = (
+        f'[audit]\nspool_dir = "{audit_dir / "spool"}"\n'
+        f'signing_key_file = "{audit_dir / "audit.key"}"\n'
+    )
+    return start_gateway(audit=audit, upstream_extra='sslmode = "disable"')
+
+
+@pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """The shared Kafka broker. Tests must not stop it: one that takes Kafka away runs
     its own ``KafkaBroker``."""

@@ -1,7 +1,9 @@
 """Compatibility matrix, command-line tools: psql, pgbench, pg_dump and pg_restore (libpq).
 
-Each tool runs through pgwarden and directly against PostgreSQL over TLS (``PGSSLMODE``
-``verify-full`` with ``PGSSLROOTCERT`` and host ``localhost``, or ``require``); outputs,
+Each tool runs directly against PostgreSQL and through pgwarden over TLS (``PGSSLMODE``
+``verify-full`` with ``PGSSLROOTCERT`` and host ``localhost``, or ``require``), and through
+a pgwarden with plain TCP on both sides of the session (both on direct socket I/O,
+gateway.server.fastio); outputs,
 errors and exit codes are compared, with the run's tag and the values that legitimately
 differ per connection (backend PIDs, pg_dump's random ``\\restrict`` key) scrubbed.
 tests/e2e/test_clients.py covers a first psql script and pgbench ``-M`` on plaintext; this
@@ -56,11 +58,21 @@ class Endpoint:
         return env
 
 
+@dataclass(frozen=True)
+class PlainEndpoint(Endpoint):
+    """pgwarden without TLS anywhere: whatever TLS a scenario asks for, it gets none."""
+
+    def env(self, sslmode: str = "verify-full", dbname: str = DATABASE) -> dict[str, str]:
+        return super().env("disable", dbname)
+
+
 @pytest.fixture(scope="module")
-def endpoints(pg: PgCluster, gateway: Gateway) -> list[Endpoint]:
+def endpoints(pg: PgCluster, gateway: Gateway, plain_gateway: Gateway) -> list[Endpoint]:
     return [
         Endpoint("direct", pg.port, UPSTREAM_USER, UPSTREAM_PASSWORD, pg.cert_file),
         Endpoint("gateway", gateway.port, gateway.user, gateway.secret, gateway.cert),
+        PlainEndpoint("plain-gateway", plain_gateway.port, plain_gateway.user,
+                      plain_gateway.secret, plain_gateway.cert),
     ]
 
 
@@ -84,7 +96,8 @@ def across(endpoints: list[Endpoint], scenario: Callable[[Endpoint, str], Any]) 
     for ep in endpoints:
         tag = f"{ep.name[0]}{uuid.uuid4().hex[:10]}"
         results[ep.name] = _scrub_all(scenario(ep, tag), tag)
-    assert results["gateway"] == results["direct"]
+    for name, result in results.items():
+        assert result == results["direct"], f"{name} differs from direct"
     return results["direct"]
 
 
@@ -195,6 +208,7 @@ def test_psql_script(endpoints: list[Endpoint], tmp_path: Path) -> None:
 def test_psql_tls_and_on_error_stop(
     endpoints: list[Endpoint], sslmode: str, tmp_path: Path
 ) -> None:
+    endpoints = [ep for ep in endpoints if not isinstance(ep, PlainEndpoint)]
     script = "select 'first';\nselect * from no_such_table_anywhere;\nselect 'not reached';\n"
 
     def scenario(ep: Endpoint, tag: str) -> Any:
@@ -398,10 +412,13 @@ def dump_fixture(pg: PgCluster) -> Any:
             conn.execute("select lo_unlink(%s)", (lo[0],))
 
 
+@pytest.mark.parametrize("through_name", ["gateway", "plain-gateway"])
 def test_pg_dump_and_restore_through_gateway(
-    endpoints: list[Endpoint], pg: PgCluster, dump_fixture: str, tmp_path: Path
+    endpoints: list[Endpoint], pg: PgCluster, dump_fixture: str, tmp_path: Path,
+    through_name: str,
 ) -> None:
-    direct, through = endpoints
+    direct = endpoints[0]
+    through = next(ep for ep in endpoints if ep.name == through_name)
     tag = dump_fixture
 
     # pg_dump -Fc of the application database through pgwarden ...
@@ -435,16 +452,18 @@ def test_pg_dump_and_restore_through_gateway(
         pg.sql(f'drop database if exists "{restored}" with (force)')
 
 
+@pytest.mark.parametrize("through_name", ["gateway", "plain-gateway"])
 def test_pg_dump_output_equals_direct(
-    endpoints: list[Endpoint], dump_fixture: str, tmp_path: Path
+    endpoints: list[Endpoint], dump_fixture: str, tmp_path: Path, through_name: str
 ) -> None:
-    direct, through = endpoints
+    direct = endpoints[0]
+    through = next(ep for ep in endpoints if ep.name == through_name)
     tag = dump_fixture
-    plain = {ep.name: run(["pg_dump"], ep.env()) for ep in endpoints}
+    plain = {ep.name: run(["pg_dump"], ep.env()) for ep in (direct, through)}
     for proc in plain.values():
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert normalize_dump(plain["gateway"].stdout) == normalize_dump(plain["direct"].stdout)
-    assert f"CREATE TABLE public.dump_{tag}_parent" in plain["gateway"].stdout
+    assert normalize_dump(plain[through.name].stdout) == normalize_dump(plain["direct"].stdout)
+    assert f"CREATE TABLE public.dump_{tag}_parent" in plain[through.name].stdout
 
     # Custom format (and a parallel directory-format dump, which synchronizes snapshots
     # across sessions) through pgwarden hold the same archive as a direct custom dump.

@@ -47,7 +47,9 @@ pytestmark = pytest.mark.e2e
 JAVA_DIR = Path(__file__).parent / "java"
 JAR = JAVA_DIR / "target" / "scenario-jar-with-dependencies.jar"
 PGJDBC_VERSION = "42.7.14"
-TARGETS = ["direct", "gateway"]
+# "plain-gateway": pgwarden with plain TCP on both sides (direct socket I/O, see
+# gateway.server.fastio); its TLS probes are TLS to pgwarden, plain upstream.
+TARGETS = ["direct", "gateway", "plain-gateway"]
 
 # Fields that differ between the two runs for a legitimate reason.
 DIFFERING: list[tuple[str, ...]] = [
@@ -113,7 +115,7 @@ def run_scenario(
 
 @pytest.fixture(scope="module")
 def docs(
-    scenario_jar: dict[str, Any], pg: PgCluster, gateway: Gateway
+    scenario_jar: dict[str, Any], pg: PgCluster, gateway: Gateway, plain_gateway: Gateway
 ) -> dict[str, dict[str, Any]]:
     run_id = uuid.uuid4().hex[:8]
     jar = scenario_jar["jar"]
@@ -135,6 +137,17 @@ def docs(
         CLIENT_SECRET,
         f"gw_{run_id}",
         "--ca", str(gateway.cert), "--wrong-ca", str(pg.cert_file), "--tls-host", "localhost",
+    )
+    assert UPSTREAM_PASSWORD not in output
+    out["plain-gateway"], output = run_scenario(
+        jar,
+        f"jdbc:postgresql://{plain_gateway.host}:{plain_gateway.port}/{DATABASE}"
+        "?sslmode=disable",
+        CLIENT_USER,
+        CLIENT_SECRET,
+        f"pgw_{run_id}",
+        "--ca", str(plain_gateway.cert), "--wrong-ca", str(pg.cert_file),
+        "--tls-host", "localhost",
     )
     assert UPSTREAM_PASSWORD not in output
     for target in TARGETS:  # for a look after a failure (target/ is not committed)
@@ -182,9 +195,12 @@ def test_every_step_ran(docs: dict[str, dict[str, Any]]) -> None:
         assert doc["end"] == {"ended": True, "tables_left": "0", "closed": True}
 
 
-def test_gateway_document_equals_direct(docs: dict[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("through_name", ["gateway", "plain-gateway"])
+def test_gateway_document_equals_direct(
+    docs: dict[str, dict[str, Any]], through_name: str
+) -> None:
     direct = _without_differing(docs["direct"])
-    through = _without_differing(docs["gateway"])
+    through = _without_differing(docs[through_name])
     for key in sorted(set(direct) | set(through)):
         assert through.get(key) == direct.get(key), f"step {key!r} differs"
     assert through == direct

@@ -43,7 +43,9 @@ from tests.support import (
 pytestmark = pytest.mark.e2e
 
 NODE_DIR = Path(__file__).parent / "node"
-TARGETS = ["direct", "gateway"]
+# "plain-gateway": pgwarden with plain TCP on both sides (direct socket I/O, see
+# gateway.server.fastio); its TLS probes are TLS to pgwarden, plain upstream.
+TARGETS = ["direct", "gateway", "plain-gateway"]
 PINNED = {"pg": "8.23.1", "pg-copy-streams": "7.0.0", "pg-cursor": "2.22.1"}
 
 # Fields that differ between the two runs for a legitimate reason.
@@ -100,7 +102,7 @@ def run_scenario(args: list[str], password: str, suffix: str) -> tuple[dict[str,
 
 @pytest.fixture(scope="module")
 def docs(
-    node_modules: Path, pg: PgCluster, gateway: Gateway
+    node_modules: Path, pg: PgCluster, gateway: Gateway, plain_gateway: Gateway
 ) -> dict[str, dict[str, Any]]:
     run_id = uuid.uuid4().hex[:8]
     out: dict[str, dict[str, Any]] = {}
@@ -121,6 +123,16 @@ def docs(
         ],
         CLIENT_SECRET,
         f"gw_{run_id}",
+    )
+    assert UPSTREAM_PASSWORD not in output
+    out["plain-gateway"], output = run_scenario(
+        [
+            "--host", plain_gateway.host, "--port", str(plain_gateway.port),
+            "--user", CLIENT_USER, "--database", DATABASE, "--sslmode", "disable",
+            "--ca", str(plain_gateway.cert), "--tls-host", "localhost",
+        ],
+        CLIENT_SECRET,
+        f"pgw_{run_id}",
     )
     assert UPSTREAM_PASSWORD not in output
     out["elapsed"] = {"seconds": round(time.monotonic() - started, 1)}
@@ -160,9 +172,12 @@ def test_every_step_ran(docs: dict[str, dict[str, Any]]) -> None:
         assert doc["end"] == {"ended": True}
 
 
-def test_gateway_document_equals_direct(docs: dict[str, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("through_name", ["gateway", "plain-gateway"])
+def test_gateway_document_equals_direct(
+    docs: dict[str, dict[str, Any]], through_name: str
+) -> None:
     direct = _without_differing(docs["direct"])
-    through = _without_differing(docs["gateway"])
+    through = _without_differing(docs[through_name])
     for key in sorted(set(direct) | set(through)):
         assert through.get(key) == direct.get(key), f"step {key!r} differs"
     assert through == direct
@@ -172,6 +187,7 @@ def test_tls(docs: dict[str, dict[str, Any]]) -> None:
     gw = docs["gateway"]
     assert gw["session"]["tls"]["encrypted"] is True
     assert docs["direct"]["session"]["tls"]["encrypted"] is False
+    assert docs["plain-gateway"]["session"]["tls"]["encrypted"] is False
     for target in TARGETS:
         tls = docs[target]["tls"]
         for probe in ("no_verify", "verify_full_name", "verify_full_ip"):
@@ -203,6 +219,7 @@ def test_session_ddl_and_inserts(docs: dict[str, dict[str, Any]]) -> None:
         assert table["rows"][0]["data"] == {"hex": "00ff"}
         assert table["rows"][2]["tags"] == ["t0", "x y", None]
     assert docs["gateway"]["session"]["session_user"] == UPSTREAM_USER
+    assert docs["plain-gateway"]["session"]["session_user"] == UPSTREAM_USER
 
 
 def test_big_result(docs: dict[str, dict[str, Any]]) -> None:

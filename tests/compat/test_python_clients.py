@@ -125,12 +125,40 @@ class Target:
         )
 
 
+@dataclass(frozen=True)
+class PlainTarget(Target):
+    """pgwarden without TLS anywhere: whatever TLS a scenario asks for, it gets none."""
+
+    def params(self, sslmode: str = "verify-full", dbname: str = DATABASE) -> dict[str, str]:
+        return super().params("disable", dbname)
+
+    def asyncpg_kwargs(self, verify: bool = True) -> dict[str, Any]:
+        return dict(
+            host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+            database=DATABASE, ssl=False,
+        )
+
+    def sa_url(self) -> URL:
+        return URL.create(
+            "postgresql+psycopg", username=self.user, password=self.password,
+            host="127.0.0.1", port=self.port, database=DATABASE, query={"sslmode": "disable"},
+        )
+
+
 @pytest.fixture(scope="module")
-def targets(pg: PgCluster, gateway: Gateway) -> list[Target]:
+def targets(pg: PgCluster, gateway: Gateway, plain_gateway: Gateway) -> list[Target]:
     return [
         Target("direct", pg.port, UPSTREAM_USER, UPSTREAM_PASSWORD, pg.cert_file),
         Target("gateway", gateway.port, gateway.user, gateway.secret, gateway.cert),
+        PlainTarget("plain-gateway", plain_gateway.port, plain_gateway.user,
+                    plain_gateway.secret, plain_gateway.cert),
     ]
+
+
+@pytest.fixture(scope="module")
+def tls_targets(targets: list[Target]) -> list[Target]:
+    """The targets a client reaches over TLS (the scenarios about TLS itself)."""
+    return [t for t in targets if not isinstance(t, PlainTarget)]
 
 
 def scrub(value: Any, tag: str) -> Any:
@@ -154,7 +182,8 @@ def across(targets: list[Target], scenario: Callable[[Target, str], Any]) -> Any
     for target in targets:
         tag = f"{target.name[0]}{uuid.uuid4().hex[:10]}"
         results[target.name] = scrub(scenario(target, tag), tag)
-    assert results["gateway"] == results["direct"]
+    for name, result in results.items():
+        assert result == results["direct"], f"{name} differs from direct"
     return results["direct"]
 
 
@@ -246,7 +275,8 @@ def drop_table(target: Target, *names: str) -> None:
 # == psycopg 3 ===========================================================================
 
 
-def test_psycopg_tls_require_and_verify_full(targets: list[Target]) -> None:
+def test_psycopg_tls_require_and_verify_full(tls_targets: list[Target]) -> None:
+    targets = tls_targets
     def run(t: Target, tag: str) -> Any:
         out = []
         for mode in ("require", "verify-full"):
@@ -750,7 +780,8 @@ async def apg_failure(aw: Any) -> tuple[str, str, str]:
     raise AssertionError("expected an error")
 
 
-def test_asyncpg_tls_require_and_verify_full(targets: list[Target]) -> None:
+def test_asyncpg_tls_require_and_verify_full(tls_targets: list[Target]) -> None:
+    targets = tls_targets
     async def scenario(t: Target) -> Any:
         out = []
         for verify in (False, True):
