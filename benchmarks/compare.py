@@ -436,6 +436,8 @@ class CopyData:
     rows: int  # rows of copy_src (and of the file)
     nbytes: int  # bytes of its COPY text
     path: Path | None  # the COPY IN source file (None when COPY is not run)
+    accounts_rows: int = 0  # rows of pgbench_accounts
+    accounts_nbytes: int = 0  # bytes of its COPY text
 
 
 def prepare_copy_data(cluster: PgCluster, base: Path, settings: Settings) -> CopyData:
@@ -470,7 +472,13 @@ def prepare_copy_data(cluster: PgCluster, base: Path, settings: Settings) -> Cop
         raise RuntimeError(f"writing the COPY file failed: {proc.stderr}")
     nbytes = path.stat().st_size
     _log(f"COPY text: {nbytes / 1e6:,.1f} MB, {nbytes / rows:.1f} bytes/row")
-    return CopyData(rows, nbytes, path)
+    # pgbench_accounts as COPY text: the issue's own COPY target is measured on it.
+    (count, size), = cluster.sql(
+        "SELECT count(*), sum(octet_length(aid::text) + octet_length(bid::text) "
+        "+ octet_length(abalance::text) + octet_length(filler) + 4) FROM pgbench_accounts",
+        DBNAME,
+    )
+    return CopyData(rows, nbytes, path, int(count), int(size))
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -646,6 +654,12 @@ def run_round(bench: Bench, round_no: int) -> None:
                 round_no=round_no,
             )  # fmt: skip
             bench.record(f"copy out {t.name}", fn)
+        for t in rotated(bench.targets, shift + 2):
+            fn = partial(
+                measure.copy_out, c, t, table="pgbench_accounts", nbytes=data.accounts_nbytes,
+                rows=data.accounts_rows, round_no=round_no, kind="copy_accounts",
+            )  # fmt: skip
+            bench.record(f"copy pgbench_accounts out {t.name}", fn)
         for t in rotated(bench.targets, shift + 1):
             fn = partial(
                 measure.copy_in, c, t, table=COPY_DST, source=data.path, rows=data.rows,

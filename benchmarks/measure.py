@@ -43,7 +43,7 @@ class Sample:
     """One run of one workload through one target."""
 
     round: int
-    kind: str  # pgbench | connect | copy_out | copy_in | select | idle | scaling
+    kind: str  # pgbench | connect | copy_out | copy_accounts | copy_in | select | idle | scaling
     variant: str  # e.g. "simple c8", "w2 c32"; "" when the kind has a single variant
     target: str
     metrics: dict[str, float] = field(default_factory=dict)
@@ -258,11 +258,13 @@ def _copy_sample(
 
 
 def copy_out(
-    cluster: PgCluster, target: Target, *, table: str, nbytes: int, rows: int, round_no: int
+    cluster: PgCluster, target: Target, *, table: str, nbytes: int, rows: int, round_no: int,
+    kind: str = "copy_out",
 ) -> Sample:
-    """``\\copy <table> to /dev/null``; ``nbytes`` is the size of the table's COPY text."""
+    """``\\copy <table> to /dev/null`` (``COPY <table> TO STDOUT``); ``nbytes`` is the size
+    of the table's COPY text."""
     timed = psql_timed(cluster, target, f"\\copy {table} to /dev/null")
-    return _copy_sample("copy_out", target, round_no, nbytes, rows, timed)
+    return _copy_sample(kind, target, round_no, nbytes, rows, timed)
 
 
 def copy_in(

@@ -16,6 +16,7 @@ PRIMARY: dict[str, tuple[str, bool]] = {
     "pgbench": ("tps", True),
     "connect": ("conn_per_s", True),
     "copy_out": ("mb_per_s", True),
+    "copy_accounts": ("mb_per_s", True),
     "copy_in": ("mb_per_s", True),
     "select": ("rows_per_s", True),
     "idle": ("rss_kib_per_conn", False),
@@ -26,6 +27,7 @@ CPU_METRIC: dict[str, str] = {
     "pgbench": "cpu_us_per_stmt",
     "connect": "cpu_us_per_conn",
     "copy_out": "cpu_s_per_gb",
+    "copy_accounts": "cpu_s_per_gb",
     "copy_in": "cpu_s_per_gb",
     "select": "cpu_ns_per_row",
     "scaling": "cpu_us_per_stmt",
@@ -246,6 +248,11 @@ def target_checks(summaries: Sequence[Summary]) -> list[TargetCheck]:
             rt(kind, "", "mb_per_s", "direct"), 0.9, True,
         ))  # fmt: skip
     checks.append(TargetCheck(
+        "COPY pgbench_accounts TO STDOUT ≤ 1.1x direct time (issue 2)",
+        "pgwarden/direct seconds (psql \\timing)",
+        rt("copy_accounts", "", "seconds", "direct"), 1.1, False,
+    ))  # fmt: skip
+    checks.append(TargetCheck(
         "streamed SELECT ≥ 0.9x direct rows/s", "pgwarden/direct rows/s",
         rt("select", "", "rows_per_s", "direct"), 0.9, True,
     ))  # fmt: skip
@@ -426,7 +433,7 @@ def render_markdown(r: ReportInput) -> str:
     if loads:
         lines += [f"1-minute load average during the run: {'; '.join(loads)}.", ""]
     lines += [
-        "## Targets (issue 3, 1 worker, ratios from this run)",
+        "## Targets (issues 2 and 3, 1 worker, ratios from this run)",
         "",
         "| target | measured | value | threshold | status |",
         "|---|---|---:|---:|---|",
@@ -456,7 +463,9 @@ def render_markdown(r: ReportInput) -> str:
             ),
             "",
         ]  # fmt: skip
-    for kind, title in (("copy_out", "COPY OUT"), ("copy_in", "COPY IN")):
+    for kind, title in (("copy_out", "COPY OUT"),
+                        ("copy_accounts", "COPY pgbench_accounts TO STDOUT"),
+                        ("copy_in", "COPY IN")):
         if kind in kinds:
             lines += [
                 f"## {title}",
