@@ -173,6 +173,10 @@ class Settings:
     scaling_mode: str = "simple"
     sampling_rate: float = 0.1
     chart: Path | None = None
+    # pgwarden as a pure pass-through (the comparison PgBouncer is: no statement policy);
+    # True runs it with its default policy (the baseline pack), which benchmarks/features.py
+    # measures on its own.
+    policy: bool = False
 
     @property
     def command(self) -> str:
@@ -247,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=_csv(ALL_SECTIONS), default=(), help="skip these sections")
     p.add_argument("--no-copy", dest="copy", action="store_false", help="same as --skip copy")
     p.add_argument("--workers", type=int, default=1, help="workers of the compared pgwarden (1)")
+    p.add_argument(
+        "--policy", action="store_true",
+        help="run pgwarden with its default policy (baseline) instead of as a pass-through",
+    )
     p.add_argument("--connect-clients", type=int, default=8, help="pgbench -C -c (8)")
     p.add_argument("--copy-rows", type=int, help="rows of the COPY table (2.5M, quick 100k)")
     p.add_argument("--select-rows", type=int, help="rows streamed (1M, quick 100k)")
@@ -298,6 +306,7 @@ def parse_args(argv: Sequence[str]) -> Settings:
         workers=ns.workers,
         warmup=pick(ns.warmup, 2, 1),
         copy="copy" in sections,
+        policy=ns.policy,
         out=_output(ns.out, QUICK_OUT if q else DEFAULT_OUT),
         json_path=ns.json_path,
         keep=ns.keep,
@@ -536,6 +545,7 @@ def _pgwarden(bench: Bench, workdir_name: str, workers: int, name: str) -> Targe
         client_secret=secrets.token_urlsafe(24),
         workers=workers,
         name=name,
+        extra_toml="" if bench.settings.policy else "[policy]\nenabled = false\n",
     )
 
 
@@ -697,7 +707,11 @@ def method_lines(s: Settings, data: CopyData | None) -> list[str]:
         "- All targets: the same database and login role, no TLS, over 127.0.0.1. PgBouncer "
         "in session mode (SCRAM for clients and upstream, pool large enough that no client "
         f"waits); pgwarden with {s.workers} worker(s), static-secret client login, pooled "
-        "upstream sessions. Proxy CPU = utime + stime of all the proxy's processes "
+        "upstream sessions, "
+        + ("its default policy (the baseline pack)" if s.policy
+           else "as a pass-through like PgBouncer (`[policy] enabled = false`; "
+                "`benchmarks/features.py` measures the policy and the audit log)")
+        + ". Proxy CPU = utime + stime of all the proxy's processes "
         "(`/proc/<pid>/stat`) during the measurement.",
         f"- Warm-up: every target, every mode, {max(s.client_counts)} clients, "
         f"{s.warmup} s each, results discarded.",

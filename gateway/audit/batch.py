@@ -484,20 +484,17 @@ class Chain:
             link=self.link if kind == "open" else None,
             events=[],
         )
-        # The events array is spliced into the encoded header members: most events come
-        # encoded already.
-        encoded = [e if type(e) is bytes else _encoder.encode(e) for e in events]
+        # The events array is spliced into the encoded header members. Most events come
+        # encoded already (``bytes`` or ``msgspec.Raw``): the sequence is then joined as
+        # it is, without a pass over it in Python. Anything else (event Structs) fails
+        # the length sum or the join with TypeError, and the events are encoded first;
+        # nothing of the chain has changed by then.
         head = _encoder.encode(batch)
-        size = len(head) + sum(map(len, encoded)) + max(len(encoded) - 1, 0)
-        if self._zstd is not None and size <= MAX_PAYLOAD_BYTES:
-            payload = self._compress(head, encoded, size)
-        else:
-            if self._zstd is not None:
-                # Verifiers refuse a version 2 payload beyond the limit, so a batch that
-                # large (huge statement texts) is written as version 1, which verifies.
-                version = FORMAT_VERSION_PLAIN
-                head = _encoder.encode(msgspec.structs.replace(batch, version=version))
-            payload = _splice(head, b",".join(encoded))
+        try:
+            version, payload = self._payload(batch, head, events)
+        except TypeError:
+            encoded = [e if type(e) is bytes else _encoder.encode(e) for e in events]
+            version, payload = self._payload(batch, head, encoded)
         header = _HEADER.pack(MAGIC, version, len(payload))
         hasher = hashlib.sha256(header)
         hasher.update(payload)
@@ -512,7 +509,23 @@ class Chain:
             self.closed = True
         return record
 
-    def _compress(self, head: bytes, encoded: list[bytes], size: int) -> bytes:
+    def _payload(
+        self, batch: _Sealing, head: bytes, encoded: Sequence[Any]
+    ) -> tuple[int, bytes]:
+        """(record version, stored payload) of ``batch`` (encoded as ``head``) with the
+        encoded events ``encoded`` (``bytes``-like JSON objects)."""
+        size = len(head) + sum(map(len, encoded)) + max(len(encoded) - 1, 0)
+        if self._zstd is not None and size <= MAX_PAYLOAD_BYTES:
+            return FORMAT_VERSION_ZSTD, self._compress(head, encoded, size)
+        if self._zstd is not None:
+            # Verifiers refuse a version 2 payload beyond the limit, so a batch that
+            # large (huge statement texts) is written as version 1, which verifies.
+            head = _encoder.encode(
+                msgspec.structs.replace(batch, version=FORMAT_VERSION_PLAIN)
+            )
+        return FORMAT_VERSION_PLAIN, _splice(head, b",".join(encoded))
+
+    def _compress(self, head: bytes, encoded: Sequence[Any], size: int) -> bytes:
         """The zstd frame of ``_splice(head, b",".join(encoded))`` (``size`` bytes),
         compressed a slice of events at a time: the JSON of a full batch is megabytes,
         and building it whole costs more in fresh memory (page faults on every seal) than

@@ -101,10 +101,12 @@ class AuditWriter:
         # (sealing copies and clears it): the session audit trail's C fast path appends
         # to it directly while fast_ok is true (see fast_sink).
         self._pending: list[bytes] = []
-        #: Whether events may be appended to the pending list without emit()'s checks:
-        #: not closing, nothing dropped to report, and the spool not full.
-        self.fast_ok = False
-        self._emitted = 0  # events ever queued
+        # Events ever taken off the pending list (sealed, or held for a retry): with the
+        # list's length, every event ever queued (``_emitted``), so that appending an
+        # event is all the C fast path does per event.
+        self._taken = 0
+        # fast_ok as one byte the C fast path reads directly (see fast_sink).
+        self._fast = bytearray(1)
         self._durable = 0  # of those, fsynced
         self._batches = 0
         self._appends = 0
@@ -127,6 +129,17 @@ class AuditWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"audit-{worker_id}")
 
     # ------------------------------------------------------------------ state
+
+    @property
+    def fast_ok(self) -> bool:
+        """Whether events may be appended to the pending list without emit()'s checks:
+        not closing, nothing dropped to report, and the spool not full."""
+        return bool(self._fast[0])
+
+    @property
+    def _emitted(self) -> int:
+        """Events ever queued (emitted ones and the writer's own events_dropped)."""
+        return self._taken + len(self._pending)
 
     @property
     def epoch(self) -> str:
@@ -227,7 +240,7 @@ class AuditWriter:
         if self._closing:
             return
         self._closing = True
-        self.fast_ok = False
+        self._fast[0] = 0
         for handle in (self._timer, self._soon):
             if handle is not None:
                 handle.cancel()
@@ -240,7 +253,6 @@ class AuditWriter:
                 return
             if self._dropped_pending:  # fail_open losses nobody emitted after
                 self._pending.append(_encoder.encode(self._dropped_event()))
-                self._emitted += 1
             records, events = self._seal_pending()
             stop = WorkerStopEvent(
                 at=self._clock(), pid=os.getpid(), reason=reason, events=self._emitted
@@ -279,7 +291,7 @@ class AuditWriter:
             return
         if self._fail_open and self.spool is not None and self.spool.full:
             self._drop(event.at if isinstance(event, _EventTypes) else self._clock())
-            self.fast_ok = False
+            self._fast[0] = 0
             return
         if type(event) is not bytes:
             try:
@@ -293,9 +305,7 @@ class AuditWriter:
         pending = self._pending
         if self._dropped_pending:
             pending.append(_encoder.encode(self._dropped_event()))
-            self._emitted += 1
         pending.append(event)
-        self._emitted += 1
         self.fast_kick()
         self._update_fast()
 
@@ -308,14 +318,15 @@ class AuditWriter:
         elif self._timer is None and self._loop is not None and not self._closing:
             self._timer = self._loop.call_later(self._flush_interval, self._flush_soon)
 
-    def fast_sink(self) -> tuple[list[bytes], int]:
-        """(the pending list, flush_events) for the C fast path, which appends encoded
-        events to the list while :attr:`fast_ok`, adds them to ``_emitted`` and calls
-        :meth:`fast_kick` as emit() would."""
-        return self._pending, self._flush_events
+    def fast_sink(self) -> tuple[list[bytes], int, bytearray]:
+        """(the pending list, flush_events, the fast_ok byte) for the C fast path, which
+        appends encoded events to the list while the byte is non-zero (:attr:`fast_ok`)
+        and calls :meth:`fast_kick` as emit() would. The list and the byte are never
+        replaced."""
+        return self._pending, self._flush_events, self._fast
 
     def _update_fast(self) -> None:
-        self.fast_ok = not (
+        self._fast[0] = not (
             self._closing or self._dropped_pending or self.chain is None
             or (self.spool is not None and self.spool.full)
         )
@@ -390,6 +401,7 @@ class AuditWriter:
             self._retry, self._retry_events = [], 0
             pending = self._pending[:]
             self._pending.clear()
+            self._taken += len(pending)
             events += len(pending)
             try:
                 # Sealed here, on the loop: in the spool's thread the batch's compression
@@ -400,6 +412,7 @@ class AuditWriter:
             except Exception as exc:  # SpoolError, or anything else: hold and retry
                 # ``records`` holds what was sealed; what was not goes back in front.
                 self._pending[:0] = pending
+                self._taken -= len(pending)
                 events -= len(pending)
                 self._retry, self._retry_events = records, events
                 self._failures += 1
@@ -439,6 +452,7 @@ class AuditWriter:
         self._retry, self._retry_events = [], 0
         pending = self._pending[:]
         self._pending.clear()
+        self._taken += len(pending)
         self._seal_into(records, pending)
         return records, events
 

@@ -31,7 +31,7 @@
 static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_readies,
     *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append,
     *str_version, *str_shape_hits, *str_unsafe, *str_simple, *str_hooks_version,
-    *str_fast_ok, *str_emitted;
+    *str_server_data, *str_bytes;
 
 static long long
 now_ns(void)
@@ -39,6 +39,144 @@ now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------ attributes */
+
+/*
+ * Where an attribute of objects of one type lives when it is a plain member (a
+ * __slots__ entry of a Python class, a PyMemberDef of a C type): then it is read (and an
+ * object member written) right there, as member_get / member_set would, instead of
+ * through the attribute protocol: a type lookup, a descriptor call and a boxed int per
+ * access add up to a good part of the trail's cost per statement in a live worker, where
+ * the socket work between two messages has evicted all of that from the caches. Anything
+ * else (a property, an instance dict, __getattribute__ or __setattr__ overridden, a
+ * member of another kind) goes through PyObject_GetAttr / PyObject_SetAttr, as does an
+ * unset slot (which raises AttributeError there).
+ */
+typedef struct {
+    PyTypeObject *type; /* strong reference to the type resolved for; NULL: not yet */
+    Py_ssize_t offset;  /* of the member in the object; -1: use the attribute protocol */
+    int kind;           /* T_OBJECT_EX, T_PYSSIZET or T_LONGLONG */
+    int writable;       /* an object member that may be assigned directly */
+} Slot;
+
+static void
+slot_resolve(Slot *s, PyObject *obj, PyObject *name)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    PyObject *d;
+    PyMemberDef *m;
+    Py_INCREF(type);
+    Py_XSETREF(s->type, type);
+    s->offset = -1;
+    s->writable = 0;
+    if (type->tp_getattro != PyObject_GenericGetAttr)
+        return;
+    d = _PyType_Lookup(type, name); /* borrowed, no exception */
+    if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+        return;
+    m = ((PyMemberDescrObject *)d)->d_member;
+    if ((m->flags & ~READONLY) != 0 ||
+        (m->type != T_OBJECT_EX && m->type != T_PYSSIZET && m->type != T_LONGLONG))
+        return;
+    s->offset = m->offset;
+    s->kind = m->type;
+    s->writable = m->type == T_OBJECT_EX && !(m->flags & READONLY) &&
+                  type->tp_setattro == PyObject_GenericSetAttr;
+}
+
+static void
+slot_clear(Slot *s)
+{
+    Py_CLEAR(s->type);
+    s->offset = -1;
+}
+
+/* An int attribute of obj, or -1 with an exception set. */
+static long long
+get_ll(PyObject *obj, PyObject *name)
+{
+    long long v;
+    PyObject *o = PyObject_GetAttr(obj, name);
+    if (o == NULL)
+        return -1;
+    v = PyLong_AsLongLong(o);
+    Py_DECREF(o);
+    return v;
+}
+
+/* obj.name += 1 (an int attribute); returns the new value, -1 on error. */
+static long long
+increment(PyObject *obj, PyObject *name)
+{
+    long long v = get_ll(obj, name);
+    PyObject *o;
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    v += 1;
+    o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    if (PyObject_SetAttr(obj, name, o) < 0) {
+        Py_DECREF(o);
+        return -1;
+    }
+    Py_DECREF(o);
+    return v;
+}
+
+/* obj.name (a new reference), or NULL with an exception set. */
+static PyObject *
+slot_get(Slot *s, PyObject *obj, PyObject *name)
+{
+    if (s->type != Py_TYPE(obj))
+        slot_resolve(s, obj, name);
+    if (s->offset >= 0 && s->kind == T_OBJECT_EX) {
+        PyObject *v = *(PyObject **)((char *)obj + s->offset);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* get_ll(obj, name) through the slot. */
+static long long
+slot_get_ll(Slot *s, PyObject *obj, PyObject *name)
+{
+    char *addr;
+    if (s->type != Py_TYPE(obj))
+        slot_resolve(s, obj, name);
+    if (s->offset >= 0) {
+        addr = (char *)obj + s->offset;
+        if (s->kind == T_PYSSIZET)
+            return (long long)*(Py_ssize_t *)addr;
+        if (s->kind == T_LONGLONG)
+            return *(long long *)addr;
+        if (*(PyObject **)addr != NULL)
+            return PyLong_AsLongLong(*(PyObject **)addr);
+    }
+    return get_ll(obj, name);
+}
+
+/* increment(obj, name) through the slot. */
+static long long
+slot_increment(Slot *s, PyObject *obj, PyObject *name)
+{
+    if (s->type != Py_TYPE(obj))
+        slot_resolve(s, obj, name);
+    if (s->writable && *(PyObject **)((char *)obj + s->offset) != NULL) {
+        PyObject **addr = (PyObject **)((char *)obj + s->offset), *o;
+        long long v = PyLong_AsLongLong(*addr);
+        if (v == -1 && PyErr_Occurred())
+            return -1;
+        o = PyLong_FromLongLong(v + 1);
+        if (o == NULL)
+            return -1;
+        Py_SETREF(*addr, o);
+        return v + 1;
+    }
+    return increment(obj, name);
 }
 
 /* ------------------------------------------------------------------ Pending */
@@ -186,9 +324,10 @@ typedef struct {
     PyObject *pending;    /* collections.deque of Pending */
     PyObject *refused;    /* the relay's refused statement names (dict) */
     PyObject *emit;       /* callable taking one encoded event (bytes) */
-    PyObject *gate;       /* the AuditWriter (fast_ok, _emitted), or None */
-    PyObject *sink;       /* its pending list, or None */
-    PyObject *kick;       /* its fast_kick, or None */
+    PyObject *gate;       /* the AuditWriter, or None */
+    PyObject *sink;       /* its pending list, or NULL */
+    PyObject *fast_flag;  /* its fast_ok as a bytearray of one byte, or NULL */
+    PyObject *kick;       /* its fast_kick, or NULL */
     Py_ssize_t flush_events;
     PyObject *session;    /* bytes: the session's members of a statement event */
     PyObject *id_prefix;  /* bytes: '"<session_id>:' */
@@ -198,7 +337,23 @@ typedef struct {
     PyObject *shape_fn;   /* gateway.sql.shape.shape */
     int fast;             /* 0: every watched message goes to Python */
     int audit;            /* 0: a policy-only session (no trail: only Query is handled) */
+    /* Members read or written per statement (see Slot). */
+    Slot hooks_seq, hooks_statements, hooks_version, hooks_unsafe;
+    Slot fragment, extended; /* of a _Prepared (a Statement's are read directly) */
+    Slot requests, readies;  /* of the framers */
+    Slot server_data, fwd_bytes; /* relay.server_data.bytes: see relay_bytes_out */
+    int direct_bytes_out;    /* 1 checked, -1 not usable, 0 not yet known */
+    /* The last statement name bound and the last command tag seen (they repeat): the
+     * bytes of the name (its hash cached) and the tag's JSON, reused while the same. */
+    PyObject *last_name, *last_tag_json;
+    char last_tag[64];
+    Py_ssize_t last_tag_len;
 } Trail;
+
+#define TRAIL_SLOTS(t)                                                                     \
+    &(t)->hooks_seq, &(t)->hooks_statements, &(t)->hooks_version, &(t)->hooks_unsafe,      \
+        &(t)->fragment, &(t)->extended, &(t)->requests, &(t)->readies, &(t)->server_data,  \
+        &(t)->fwd_bytes
 
 static int
 Trail_traverse(Trail *t, visitproc visit, void *arg)
@@ -214,12 +369,15 @@ Trail_traverse(Trail *t, visitproc visit, void *arg)
     Py_VISIT(t->emit);
     Py_VISIT(t->gate);
     Py_VISIT(t->sink);
+    Py_VISIT(t->fast_flag);
     Py_VISIT(t->kick);
     Py_VISIT(t->popleft);
     Py_VISIT(t->append);
     Py_VISIT(t->cache);
     Py_VISIT(t->shapes);
     Py_VISIT(t->shape_fn);
+    Py_VISIT(t->last_name);
+    Py_VISIT(t->last_tag_json);
     return 0;
 }
 
@@ -237,6 +395,7 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->emit);
     Py_CLEAR(t->gate);
     Py_CLEAR(t->sink);
+    Py_CLEAR(t->fast_flag);
     Py_CLEAR(t->kick);
     Py_CLEAR(t->session);
     Py_CLEAR(t->id_prefix);
@@ -245,6 +404,14 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->cache);
     Py_CLEAR(t->shapes);
     Py_CLEAR(t->shape_fn);
+    Py_CLEAR(t->last_name);
+    Py_CLEAR(t->last_tag_json);
+    {
+        Slot *slots[] = {TRAIL_SLOTS(t)};
+        size_t i;
+        for (i = 0; i < sizeof(slots) / sizeof(slots[0]); i++)
+            slot_clear(slots[i]);
+    }
     t->fast = 0;
     return 0;
 }
@@ -294,6 +461,12 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     t->shape_fn = Py_NewRef(shape_fn);
     t->fast = fast;
     t->audit = audit;
+    {
+        Slot *slots[] = {TRAIL_SLOTS(t)};
+        size_t i;
+        for (i = 0; i < sizeof(slots) / sizeof(slots[0]); i++)
+            slots[i]->offset = -1; /* (type is NULL: resolved at first use) */
+    }
     t->popleft = PyObject_GetAttr(pending, str_popleft);
     t->append = PyObject_GetAttr(pending, str_append);
     if (t->popleft == NULL || t->append == NULL) {
@@ -301,20 +474,24 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (gate != Py_None) {
-        /* The writer's pending list and flush size (AuditWriter.fast_sink). */
+        /* The writer's pending list, flush size and fast_ok byte (AuditWriter.fast_sink). */
         PyObject *pair = PyObject_CallMethod(gate, "fast_sink", NULL);
         if (pair == NULL) {
             Py_DECREF(t);
             return NULL;
         }
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            !PyList_Check(PyTuple_GET_ITEM(pair, 0))) {
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 3 ||
+            !PyList_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyByteArray_Check(PyTuple_GET_ITEM(pair, 2)) ||
+            PyByteArray_GET_SIZE(PyTuple_GET_ITEM(pair, 2)) != 1) {
             Py_DECREF(pair);
             Py_DECREF(t);
-            PyErr_SetString(PyExc_TypeError, "fast_sink() must return (list, int)");
+            PyErr_SetString(PyExc_TypeError,
+                            "fast_sink() must return (list, int, bytearray of one byte)");
             return NULL;
         }
         t->sink = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        t->fast_flag = Py_NewRef(PyTuple_GET_ITEM(pair, 2));
         t->flush_events = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
         Py_DECREF(pair);
         if (t->flush_events == -1 && PyErr_Occurred()) {
@@ -330,63 +507,57 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)t;
 }
 
-/* Whether the writer takes events without its checks (AuditWriter.fast_ok): 1, 0, or
- * -1 on error. Without a writer (a policy-only session): 1. */
+/* Whether the writer takes events without its checks (AuditWriter.fast_ok, which the
+ * writer keeps in the byte it shared through fast_sink): 1, 0, or -1 on error. Without a
+ * writer (a policy-only session): 1. */
 static int
 gate_open(Trail *t)
 {
-    PyObject *ok;
-    int r;
     if (t->gate == NULL || t->gate == Py_None)
         return 1;
-    ok = PyObject_GetAttr(t->gate, str_fast_ok);
-    if (ok == NULL)
-        return -1;
-    r = PyObject_IsTrue(ok);
-    Py_DECREF(ok);
-    return r;
-}
-
-/* An int attribute of obj, or -1 with an exception set. */
-static long long
-get_ll(PyObject *obj, PyObject *name)
-{
-    long long v;
-    PyObject *o = PyObject_GetAttr(obj, name);
-    if (o == NULL)
-        return -1;
-    v = PyLong_AsLongLong(o);
-    Py_DECREF(o);
-    return v;
-}
-
-/* obj.name += 1 (an int attribute); returns the new value, -1 on error. */
-static long long
-increment(PyObject *obj, PyObject *name)
-{
-    long long v = get_ll(obj, name);
-    PyObject *o;
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    v += 1;
-    o = PyLong_FromLongLong(v);
-    if (o == NULL)
-        return -1;
-    if (PyObject_SetAttr(obj, name, o) < 0) {
-        Py_DECREF(o);
+    if (t->fast_flag == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the audit trail was closed");
         return -1;
     }
-    Py_DECREF(o);
+    return PyByteArray_AS_STRING(t->fast_flag)[0] != 0;
+}
+
+/* relay.bytes_out. Relay's property returns relay.server_data.bytes: read that member
+ * directly when the relay and its Forward have such members, after checking once that
+ * it gives what the property does; otherwise (another RelayState) the property. */
+static long long
+relay_bytes_out(Trail *t)
+{
+    PyObject *fwd;
+    long long v;
+    if (t->direct_bytes_out < 0)
+        return get_ll(t->relay, str_bytes_out);
+    if (t->server_data.type != Py_TYPE(t->relay))
+        slot_resolve(&t->server_data, t->relay, str_server_data);
+    if (t->server_data.offset < 0 || t->server_data.kind != T_OBJECT_EX ||
+        (fwd = *(PyObject **)((char *)t->relay + t->server_data.offset)) == NULL) {
+        t->direct_bytes_out = -1;
+        return get_ll(t->relay, str_bytes_out);
+    }
+    if (t->fwd_bytes.type != Py_TYPE(fwd))
+        slot_resolve(&t->fwd_bytes, fwd, str_bytes);
+    if (t->fwd_bytes.offset < 0 || t->fwd_bytes.kind == T_OBJECT_EX) {
+        t->direct_bytes_out = -1;
+        return get_ll(t->relay, str_bytes_out);
+    }
+    v = slot_get_ll(&t->fwd_bytes, fwd, str_bytes);
+    if (t->direct_bytes_out == 0) {
+        long long check = get_ll(t->relay, str_bytes_out);
+        if (check == -1 && PyErr_Occurred())
+            return -1;
+        t->direct_bytes_out = check == v ? 1 : -1;
+        return check;
+    }
     return v;
 }
 
-static char *
-put(char *w, const char *s)
-{
-    size_t n = strlen(s);
-    memcpy(w, s, n);
-    return w + n;
-}
+/* Copy a string literal (its length known at compile time). */
+#define put(w, lit) (memcpy((w), (lit), sizeof(lit) - 1), (w) + sizeof(lit) - 1)
 
 static char *
 put_bytes(char *w, PyObject *b)
@@ -395,22 +566,36 @@ put_bytes(char *w, PyObject *b)
     return w + PyBytes_GET_SIZE(b);
 }
 
-/* Decimal digits of v (sprintf's locale and format parsing cost more than the rest). */
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* Decimal digits of v (sprintf's locale and format parsing cost more than the rest),
+ * two at a time: the timestamps have 19. */
 static char *
 put_ll(char *w, long long v)
 {
     char tmp[24];
-    int i = 0;
+    int i = 24, n;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
     if (v < 0)
         *w++ = '-';
-    do {
-        tmp[i++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    while (i > 0)
-        *w++ = tmp[--i];
-    return w;
+    while (u >= 100) {
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        tmp[--i] = DIGIT_PAIRS[d + 1];
+        tmp[--i] = DIGIT_PAIRS[d];
+    }
+    if (u >= 10) {
+        tmp[--i] = DIGIT_PAIRS[u * 2 + 1];
+        tmp[--i] = DIGIT_PAIRS[u * 2];
+    } else {
+        tmp[--i] = (char)('0' + u);
+    }
+    n = 24 - i;
+    memcpy(w, tmp + i, n);
+    return w + n;
 }
 
 /* Python's floor division by 1000 (a duration may be negative if the clock stepped). */
@@ -423,6 +608,11 @@ floor_div_1000(long long v)
     return q;
 }
 
+/* An upper bound of what finish() writes besides the session's, the statement's and
+ * the tag's members: the literal text (under 250 bytes) and 8 numbers (at most 20
+ * characters each). */
+#define EVENT_FIXED 420
+
 /*
  * Write the `statement` event of a finished, successful statement and emit it: the same
  * bytes as AuditedHooks._write with sqlstate "" and no parameters. 0 on success.
@@ -431,6 +621,8 @@ static int
 finish(Trail *t, Pending *p, PyObject *tag_json)
 {
     PyObject *fragment, *event, *res;
+    char scratch[2048], *start_w, *end_digits;
+    Py_ssize_t end_len;
     long long end = now_ns(), bytes_out, rows = 0;
     int has_rows = 0, open;
     Py_ssize_t size;
@@ -442,10 +634,13 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
             return -1;
         has_rows = 1;
     }
-    bytes_out = get_ll(t->relay, str_bytes_out);
+    bytes_out = relay_bytes_out(t);
     if (bytes_out == -1 && PyErr_Occurred())
         return -1;
-    fragment = PyObject_GetAttr(p->statement, str_fragment);
+    if (Py_IS_TYPE(p->statement, &StatementType))
+        fragment = Py_NewRef(((Statement *)p->statement)->fragment);
+    else
+        fragment = slot_get(&t->fragment, p->statement, str_fragment);
     if (fragment == NULL)
         return -1;
     if (!PyBytes_Check(fragment)) {
@@ -453,16 +648,26 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
         PyErr_SetString(PyExc_TypeError, "statement fragment must be bytes");
         return -1;
     }
-    size = 400 + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
+    size = EVENT_FIXED + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
            PyBytes_GET_SIZE(fragment) + PyBytes_GET_SIZE(tag_json);
-    event = PyBytes_FromStringAndSize(NULL, size);
-    if (event == NULL) {
-        Py_DECREF(fragment);
-        return -1;
+    /* Formatted where it fits in the stack (most events), then copied once into a bytes
+     * object of the exact size: no resize (a realloc) of a fresh object. */
+    if (size <= (Py_ssize_t)sizeof(scratch)) {
+        event = NULL;
+        w = scratch;
+    } else {
+        event = PyBytes_FromStringAndSize(NULL, size);
+        if (event == NULL) {
+            Py_DECREF(fragment);
+            return -1;
+        }
+        w = PyBytes_AS_STRING(event);
     }
-    w = PyBytes_AS_STRING(event);
+    start_w = w;
     w = put(w, "{\"type\":\"statement\",\"at\":");
+    end_digits = w;
     w = put_ll(w, end);
+    end_len = w - end_digits;
     w = put(w, ",\"id\":");
     w = put_bytes(w, t->id_prefix);
     w = put_ll(w, p->id);
@@ -473,7 +678,8 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     w = put(w, ",\"start\":");
     w = put_ll(w, p->start);
     w = put(w, ",\"end\":");
-    w = put_ll(w, end);
+    memcpy(w, end_digits, end_len);
+    w += end_len;
     w = put(w, ",\"rows\":");
     if (has_rows)
         w = put_ll(w, rows);
@@ -489,9 +695,13 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     w = put_ll(w, bytes_out - p->out_mark);
     w = put(w, ",\"parameters\":null}");
     Py_DECREF(fragment);
-    if (_PyBytes_Resize(&event, w - PyBytes_AS_STRING(event)) < 0)
+    if (event == NULL)
+        event = PyBytes_FromStringAndSize(scratch, w - start_w);
+    else
+        (void)_PyBytes_Resize(&event, w - start_w);
+    if (event == NULL)
         return -1;
-    if (increment(t->hooks, str_statements) < 0) {
+    if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
         Py_DECREF(event);
         return -1;
     }
@@ -506,7 +716,7 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     if (open) {
         /* What AuditWriter.emit does when nothing needs checking. */
         Py_ssize_t n;
-        if (PyList_Append(t->sink, event) < 0 || increment(t->gate, str_emitted) < 0) {
+        if (PyList_Append(t->sink, event) < 0) {
             Py_DECREF(event);
             return -1;
         }
@@ -535,13 +745,13 @@ track(Trail *t, PyObject *statement, long long batch, long long bytes_in)
 {
     PyObject *res;
     Pending *p;
-    long long seq, bytes_out = get_ll(t->relay, str_bytes_out);
+    long long seq, bytes_out = relay_bytes_out(t);
     if (bytes_out == -1 && PyErr_Occurred())
         return -1;
     p = pending_make(statement, batch, bytes_in, bytes_out);
     if (p == NULL)
         return -1;
-    seq = increment(t->hooks, str_seq);
+    seq = slot_increment(&t->hooks_seq, t->hooks, str_seq);
     if (seq < 0) {
         Py_DECREF(p);
         return -1;
@@ -573,9 +783,15 @@ on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
     se = memchr(pe + 1, 0, n - (pe + 1 - body));
     if (se == NULL)
         return 0;
-    name = PyBytes_FromStringAndSize(pe + 1, se - pe - 1);
-    if (name == NULL)
-        return -1;
+    if (t->last_name != NULL && PyBytes_GET_SIZE(t->last_name) == se - pe - 1 &&
+        memcmp(PyBytes_AS_STRING(t->last_name), pe + 1, se - pe - 1) == 0) {
+        name = Py_NewRef(t->last_name);
+    } else {
+        name = PyBytes_FromStringAndSize(pe + 1, se - pe - 1);
+        if (name == NULL)
+            return -1;
+        Py_XSETREF(t->last_name, Py_NewRef(name));
+    }
     prepared = PyDict_GetItemWithError(t->statements, name); /* borrowed */
     Py_DECREF(name);
     if (prepared == NULL)
@@ -583,8 +799,17 @@ on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
     portal = PyBytes_FromStringAndSize(body, pe - body);
     if (portal == NULL)
         return -1;
-    bound = Py_BuildValue("(OOLL)", prepared, Py_None, (long long)n + 5, batch);
+    bound = PyTuple_New(4);
     if (bound == NULL) {
+        Py_DECREF(portal);
+        return -1;
+    }
+    PyTuple_SET_ITEM(bound, 0, Py_NewRef(prepared));
+    PyTuple_SET_ITEM(bound, 1, Py_NewRef(Py_None));
+    PyTuple_SET_ITEM(bound, 2, PyLong_FromLongLong((long long)n + 5));
+    PyTuple_SET_ITEM(bound, 3, PyLong_FromLongLong(batch));
+    if (PyTuple_GET_ITEM(bound, 2) == NULL || PyTuple_GET_ITEM(bound, 3) == NULL) {
+        Py_DECREF(bound);
         Py_DECREF(portal);
         return -1;
     }
@@ -687,10 +912,13 @@ head_of(Trail *t)
 }
 
 static int
-is_extended(Pending *p)
+is_extended(Trail *t, Pending *p)
 {
-    PyObject *e = PyObject_GetAttr(p->statement, str_extended);
+    PyObject *e;
     int r;
+    if (Py_IS_TYPE(p->statement, &StatementType))
+        return PyObject_IsTrue(((Statement *)p->statement)->extended);
+    e = slot_get(&t->extended, p->statement, str_extended);
     if (e == NULL)
         return -1;
     r = PyObject_IsTrue(e);
@@ -719,12 +947,24 @@ on_complete(Trail *t, const char *body, Py_ssize_t n)
         return 0;
     }
     has_rows = tag_rows(body, len, &rows);
-    json = has_rows < 0 ? NULL : tag_json(body, len);
+    if (has_rows < 0) {
+        json = NULL;
+    } else if (t->last_tag_json != NULL && len == t->last_tag_len &&
+               memcmp(body, t->last_tag, len) == 0) {
+        json = Py_NewRef(t->last_tag_json);
+    } else {
+        json = tag_json(body, len);
+        if (json != NULL && len <= (Py_ssize_t)sizeof(t->last_tag)) {
+            memcpy(t->last_tag, body, len);
+            t->last_tag_len = len;
+            Py_XSETREF(t->last_tag_json, Py_NewRef(json));
+        }
+    }
     if (json == NULL) {
         Py_DECREF(head);
         return PyErr_Occurred() ? -1 : 0;
     }
-    extended = is_extended(head);
+    extended = is_extended(t, head);
     if (extended < 0) {
         r = -1;
     } else if (extended) {
@@ -787,7 +1027,7 @@ on_ready(Trail *t, unsigned char status, long long ended)
             Py_DECREF(o);
             break;
         }
-        extended = is_extended(p);
+        extended = is_extended(t, p);
         if (extended < 0) {
             Py_DECREF(o);
             return -1;
@@ -798,7 +1038,28 @@ on_ready(Trail *t, unsigned char status, long long ended)
         }
         Py_DECREF(o);
     }
-    if (status == 'I' && PyDict_GET_SIZE(t->portals) != 0) {
+    if (status == 'I' && PyDict_GET_SIZE(t->portals) == 1) {
+        /* The common case (the unnamed portal): no list of the doomed. */
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        long long b;
+        if (!PyDict_Next(t->portals, &pos, &key, &value) || !PyTuple_Check(value) ||
+            PyTuple_GET_SIZE(value) != 4) {
+            PyErr_SetString(PyExc_TypeError, "malformed portal entry");
+            return -1;
+        }
+        b = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 3));
+        if (b == -1 && PyErr_Occurred())
+            return -1;
+        if (b <= ended) {
+            int r;
+            Py_INCREF(key);
+            r = PyDict_DelItem(t->portals, key);
+            Py_DECREF(key);
+            if (r < 0)
+                return -1;
+        }
+    } else if (status == 'I' && PyDict_GET_SIZE(t->portals) != 0) {
         /* Portals end with their transaction (see AuditedHooks.on_ready). */
         PyObject *key, *value, *doomed = PyList_New(0);
         Py_ssize_t pos = 0;
@@ -848,7 +1109,7 @@ on_ready(Trail *t, unsigned char status, long long ended)
             return -1;
         }
         Py_DECREF(res);
-        extended = is_extended(p);
+        extended = is_extended(t, p);
         /* an execution still pending at its batch's end was skipped: it did not run */
         if (extended < 0 || (!extended && finish(t, p, p->command_tag) < 0)) {
             Py_DECREF(p);
@@ -878,12 +1139,12 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
     version = get_ll(t->cache, str_version);
     if (version == -1 && PyErr_Occurred())
         return -1;
-    mine = get_ll(t->hooks, str_hooks_version);
+    mine = slot_get_ll(&t->hooks_version, t->hooks, str_hooks_version);
     if (mine == -1 && PyErr_Occurred())
         return -1;
     if (version != mine)
         return 0; /* reloaded: PolicyHooks forgets what it allowed (in context()) */
-    unsafe = PyObject_GetAttr(t->hooks, str_unsafe);
+    unsafe = slot_get(&t->hooks_unsafe, t->hooks, str_unsafe);
     if (unsafe == NULL)
         return -1;
     Py_DECREF(unsafe);
@@ -1022,8 +1283,8 @@ walk(Trail *t, PyObject *const *args, Py_ssize_t nargs, int side)
         body = (const char *)p + w.pos + 5;
         blen = w.end - w.pos - 5;
         if (base < 0) {
-            base = get_ll(side == 0 ? t->frontend : t->backend,
-                          side == 0 ? str_requests : str_readies);
+            base = side == 0 ? slot_get_ll(&t->requests, t->frontend, str_requests)
+                             : slot_get_ll(&t->readies, t->backend, str_readies);
             if (base == -1 && PyErr_Occurred())
                 goto done;
         }
@@ -1132,8 +1393,8 @@ PyInit__trail(void)
     INTERN(str_unsafe, "_unsafe");
     INTERN(str_simple, "simple");
     INTERN(str_hooks_version, "_version");
-    INTERN(str_fast_ok, "fast_ok");
-    INTERN(str_emitted, "_emitted");
+    INTERN(str_server_data, "server_data");
+    INTERN(str_bytes, "bytes");
 #undef INTERN
     if ((empty_str = PyUnicode_FromString("")) == NULL)
         return NULL;

@@ -190,3 +190,28 @@ def test_statement_events_are_not_tracked_by_the_cycle_collector() -> None:
     import gc
 
     assert not gc.is_tracked(statement(rule_ids=["a"], parameters=["1"]))
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_a_batch_is_the_same_bytes_whether_its_events_come_encoded_or_not(
+    compression: str,
+) -> None:
+    """Structs, ``bytes`` and ``msgspec.Raw`` mixed in one batch, or all of them encoded
+    beforehand: seal() writes the same record either way."""
+    events: list[Event] = [statement(n) for n in range(600)]
+    encoded = [msgspec.json.encode(e) for e in events]
+    mixed: list[object] = [
+        e if n % 3 == 0 else encoded[n] if n % 3 == 1 else msgspec.Raw(encoded[n])
+        for n, e in enumerate(events)
+    ]
+    records = []
+    start = session_start()
+    for batch in (events, encoded, mixed):
+        chain = Chain(KEY, GATEWAY, 0, epoch="ab" * 16, clock=lambda: 1,
+                      compression=compression)  # type: ignore[arg-type]
+        chain.seal([start], "open")
+        records.append(chain.seal(batch))  # type: ignore[arg-type]
+    assert records[0] == records[1] == records[2]
+    assert [e.id for e in decode_batch(parse_record(records[0])).events] == [  # type: ignore[union-attr]
+        e.id for e in events  # type: ignore[union-attr]
+    ]

@@ -192,6 +192,45 @@ def test_events_emitted_in_one_loop_iteration_share_an_append(tmp_path: Path) ->
     run(main())
 
 
+def test_events_appended_through_fast_sink_are_counted_and_made_durable(
+    tmp_path: Path,
+) -> None:
+    """The session trail's C fast path appends encoded events to the list fast_sink
+    returns, while the shared byte says fast_ok, and only calls fast_kick: the writer
+    counts them as emitted all the same (durable() waits for them, stats and the close
+    batch's worker_stop count them), also across a failed append that puts them back."""
+    import msgspec
+
+    cfg = audit_config(tmp_path, flush_events=4, flush_interval=60.0)
+
+    async def main() -> None:
+        w = writer(cfg)
+        sink, flush_events, flag = w.fast_sink()
+        assert flush_events == 4 and not w.fast_ok and flag == b"\x00"
+        await w.start()
+        assert w.fast_ok and flag == b"\x01"
+        for n in range(3):
+            sink.append(msgspec.json.encode(statement(n)))
+            w.fast_kick()
+        assert w.stats().emitted == 3 and w.stats().durable == 0
+        await w.durable()
+        assert w.stats().emitted == w.stats().durable == 3
+        w.emit(statement(3))
+        sink.append(msgspec.json.encode(statement(4)))
+        w.fast_kick()
+        assert w.stats().emitted == 5
+        await w.close()
+        assert not w.fast_ok and flag == b"\x00"
+        assert w.stats().durable == 5
+
+    run(main())
+    got = batches(cfg)
+    ids = [e.id for b in got for e in b.events if isinstance(e, StatementEvent)]
+    assert ids == [f"s1:{n}" for n in range(5)]
+    stop = got[-1].events[-1]
+    assert isinstance(stop, WorkerStopEvent) and stop.events == 5
+
+
 def test_a_failing_spool_is_loud_and_nothing_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -220,6 +259,7 @@ def test_a_failing_spool_is_loud_and_nothing_is_lost(
         assert w.failed is None
         await w.durable()
         assert w.stats().failures >= 1
+        assert w.stats().emitted == w.stats().durable == 6
         await w.close()
 
     run(main())
