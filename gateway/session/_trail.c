@@ -1253,70 +1253,80 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
     return 1;
 }
 
-/* A walk (gateway.wire.scan.scan_py's contract) that also handles the watched messages
- * it can inline. side 0 = frontend. */
+/* A walk (gateway.wire.scan.scan_py's contract) from w->pos that also handles the
+ * watched messages it can inline. side 0 = frontend. 0 with *stop set, -1 on error. Also
+ * called directly by the framer's read step (see CWalks in _walk.h). */
+static int
+walk_c(PyObject *self, int side, const unsigned char *p, Py_ssize_t n,
+       const unsigned char *act, Py_ssize_t max_size, Walk *w, long *stop_out)
+{
+    Trail *t = (Trail *)self;
+    long long base = -1; /* the framer's requests (frontend) or readies (backend) */
+    long stop;
+    for (;;) {
+        int r = 0;
+        const char *body;
+        Py_ssize_t blen;
+        unsigned char ty;
+        stop = walk_headers(w, p, n, act, max_size);
+        if (stop < 0 || !t->fast)
+            break;
+        ty = (unsigned char)stop;
+        body = (const char *)p + w->pos + 5;
+        blen = w->end - w->pos - 5;
+        if (base < 0) {
+            base = side == 0 ? slot_get_ll(&t->requests, t->frontend, str_requests)
+                             : slot_get_ll(&t->readies, t->backend, str_readies);
+            if (base == -1 && PyErr_Occurred())
+                return -1;
+        }
+        if (side == 0) {
+            if (ty == 'Q') {
+                /* A Query is its own request: counted once handled. */
+                r = on_query(t, body, blen, base + w->requests + 1);
+                if (r == 1)
+                    w->requests++;
+            } else if (t->audit && ty == 'B') {
+                r = on_bind(t, body, blen, base + w->requests + 1);
+            } else if (t->audit && ty == 'E') {
+                r = on_execute(t, body, blen, base + w->requests + 1);
+            }
+        } else if (t->audit && ty == 'C') {
+            r = on_complete(t, body, blen);
+        } else if (t->audit && ty == 'Z' && blen == 1 &&
+                   (body[0] == 'I' || body[0] == 'T' || body[0] == 'E')) {
+            r = on_ready(t, (unsigned char)body[0], base + w->readies + 1);
+            if (r == 1) {
+                w->status = (unsigned char)body[0];
+                w->readies++;
+            }
+        }
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break; /* Python's: stop at it, as at any watched message */
+        w->pos = w->end;
+    }
+    *stop_out = stop;
+    return 0;
+}
+
+/* walk_c behind the scan method's calling convention. */
 static PyObject *
 walk(Trail *t, PyObject *const *args, Py_ssize_t nargs, int side)
 {
     Py_buffer data, actions;
     Py_ssize_t pos, max_size;
     Walk w = {0, 0, 0, 0, -1};
-    long long base = -1; /* the framer's requests (frontend) or readies (backend) */
-    const unsigned char *p, *act;
     PyObject *result = NULL;
     long stop;
 
     if (walk_args(args, nargs, &data, &actions, &pos, &max_size) < 0)
         return NULL;
-    p = (const unsigned char *)data.buf;
-    act = (const unsigned char *)actions.buf;
     w.pos = pos;
-    for (;;) {
-        int r = 0;
-        const char *body;
-        Py_ssize_t blen;
-        unsigned char ty;
-        stop = walk_headers(&w, p, data.len, act, max_size);
-        if (stop < 0 || !t->fast)
-            break;
-        ty = (unsigned char)stop;
-        body = (const char *)p + w.pos + 5;
-        blen = w.end - w.pos - 5;
-        if (base < 0) {
-            base = side == 0 ? slot_get_ll(&t->requests, t->frontend, str_requests)
-                             : slot_get_ll(&t->readies, t->backend, str_readies);
-            if (base == -1 && PyErr_Occurred())
-                goto done;
-        }
-        if (side == 0) {
-            if (ty == 'Q') {
-                /* A Query is its own request: counted once handled. */
-                r = on_query(t, body, blen, base + w.requests + 1);
-                if (r == 1)
-                    w.requests++;
-            } else if (t->audit && ty == 'B') {
-                r = on_bind(t, body, blen, base + w.requests + 1);
-            } else if (t->audit && ty == 'E') {
-                r = on_execute(t, body, blen, base + w.requests + 1);
-            }
-        } else if (t->audit && ty == 'C') {
-            r = on_complete(t, body, blen);
-        } else if (t->audit && ty == 'Z' && blen == 1 &&
-                   (body[0] == 'I' || body[0] == 'T' || body[0] == 'E')) {
-            r = on_ready(t, (unsigned char)body[0], base + w.readies + 1);
-            if (r == 1) {
-                w.status = (unsigned char)body[0];
-                w.readies++;
-            }
-        }
-        if (r < 0)
-            goto done;
-        if (r == 0)
-            break; /* Python's: stop at it, as at any watched message */
-        w.pos = w.end;
-    }
-    result = walk_result(&w, stop);
-done:
+    if (walk_c((PyObject *)t, side, (const unsigned char *)data.buf, data.len,
+               (const unsigned char *)actions.buf, max_size, &w, &stop) == 0)
+        result = walk_result(&w, stop);
     PyBuffer_Release(&data);
     PyBuffer_Release(&actions);
     return result;
@@ -1403,6 +1413,27 @@ PyInit__trail(void)
     m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    {
+        /* Let the framer's read step call the walks directly (CWalks in _walk.h). The
+         * header walk's module is optional too: without it, the methods serve. */
+        static CWalks walks = {(PyCFunction)(void (*)(void))Trail_scan_frontend,
+                               (PyCFunction)(void (*)(void))Trail_scan_backend, walk_c};
+        PyObject *speedups = PyImport_ImportModule("gateway.wire._speedups"), *capsule, *r;
+        if (speedups == NULL) {
+            PyErr_Clear();
+        } else {
+            capsule = PyCapsule_New(&walks, CWALKS_CAPSULE, NULL);
+            r = capsule == NULL ? NULL
+                                : PyObject_CallMethod(speedups, "register_walks", "O", capsule);
+            Py_XDECREF(capsule);
+            Py_DECREF(speedups);
+            if (r == NULL) {
+                Py_DECREF(m);
+                return NULL;
+            }
+            Py_DECREF(r);
+        }
+    }
     Py_INCREF(&PendingType);
     if (PyModule_AddObject(m, "Pending", (PyObject *)&PendingType) < 0)
         return NULL;

@@ -134,6 +134,8 @@ typedef struct {
 } Forward;
 
 static PyObject *default_scan; /* this module's scan function */
+static CWalks cwalks;          /* walks registered by their C owner (see _walk.h) */
+static PyObject *cwalks_capsule;
 static PyObject *zero;         /* the int 0, the position every custom scan starts at */
 
 static int
@@ -197,13 +199,66 @@ clean_stop(long stop, const unsigned char *p, Py_ssize_t n, Py_ssize_t pos,
     return pos == n || (n - pos >= 5 && act[p[pos]] == ACT_PASS);
 }
 
+/* After a custom walk of the whole read: commit and write if it ended clean, else hand
+ * the read and the walk's result to on_scanned. fr is held by the caller. */
+static PyObject *
+Forward_after_walk(Forward *self, FramerCore *fr, PyObject *data, const unsigned char *p,
+                   Py_ssize_t n, const unsigned char *act, const Walk *w, long stop)
+{
+    PyObject *res, *ret, *args[3];
+    if (self->framer != fr)
+        /* Closed by what the walk ran: the read goes where closed reads go. */
+        return call1(self->on_carried, data);
+    if (fr->skip == 0 && w->pos >= 0 && w->pos <= n && clean_stop(stop, p, n, w->pos, act)) {
+        commit(fr, n, w->pos, w->end, w->requests, w->readies, w->status);
+        return call1(self->write, data);
+    }
+    res = walk_result(w, stop);
+    if (res == NULL)
+        return NULL;
+    args[0] = NULL;
+    args[1] = data;
+    args[2] = res;
+    ret = PyObject_Vectorcall(self->on_scanned, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                              NULL);
+    Py_DECREF(res);
+    return ret;
+}
+
+/* 0 (frontend) or 1 (backend) when scan is a bound method of a registered C walk, else
+ * -1. */
+static int
+cwalk_side(PyObject *scan)
+{
+    PyCFunction meth;
+    if (cwalks.walk == NULL || !PyCFunction_Check(scan) || PyCFunction_GET_SELF(scan) == NULL)
+        return -1;
+    meth = PyCFunction_GET_FUNCTION(scan);
+    return meth == cwalks.frontend ? 0 : meth == cwalks.backend ? 1 : -1;
+}
+
 static PyObject *
 Forward_custom_scan(Forward *self, FramerCore *fr, PyObject *data, const unsigned char *p,
                     Py_ssize_t n, const unsigned char *act)
 {
     PyObject *args[5], *res, *ret;
     Py_ssize_t v[6];
-    int i;
+    int i, side = cwalk_side(fr->scan);
+    if (side >= 0) {
+        /* The session's own walk, called directly. It may run Python code that changes
+         * the framer or closes this forwarder: hold what it uses. */
+        PyObject *walker = PyCFunction_GET_SELF(fr->scan);
+        Walk w = {0, 0, 0, 0, -1};
+        long stop = STOP_NONE;
+        int r;
+        Py_INCREF(fr);
+        Py_INCREF(walker);
+        r = cwalks.walk(walker, side, p, n, act, fr->max_message_size, &w, &stop);
+        Py_DECREF(walker);
+        ret = r < 0 ? NULL : Forward_after_walk(self, fr, data, p, n, act, &w, stop);
+        Py_DECREF(fr);
+        return ret;
+    }
     if (self->max_obj == NULL || self->max_cached != fr->max_message_size) {
         Py_XDECREF(self->max_obj);
         self->max_obj = PyLong_FromSsize_t(fr->max_message_size);
@@ -387,9 +442,24 @@ static PyTypeObject ForwardType = {
     .tp_members = Forward_members,
 };
 
+/* register_walks(capsule): the C walks Forward calls directly (CWalks in _walk.h). */
+static PyObject *
+register_walks(PyObject *self, PyObject *capsule)
+{
+    CWalks *c = (CWalks *)PyCapsule_GetPointer(capsule, CWALKS_CAPSULE);
+    if (c == NULL)
+        return NULL;
+    cwalks = *c;
+    Py_INCREF(capsule);
+    Py_XSETREF(cwalks_capsule, capsule);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "Walk message headers; see gateway.wire.scan.scan_py for the contract."},
+    {"register_walks", (PyCFunction)register_walks, METH_O,
+     "Register C walks that Forward calls directly (internal: gateway.session._trail)."},
     {NULL, NULL, 0, NULL},
 };
 

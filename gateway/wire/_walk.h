@@ -139,4 +139,23 @@ walk_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *data, Py_buffer *a
     return 0;
 }
 
+/*
+ * A walk implemented in C elsewhere (the session fast path's, gateway/session/_trail.c)
+ * that the framer's read step (Forward in _speedups.c) calls directly instead of through
+ * its Python method: no argument parsing, buffer requests, result tuple and ints per
+ * read. The owner registers its two method functions (so that Forward recognizes a bound
+ * method of them as the framer's scan) and the function that does the walk.
+ *
+ * walk(self, side, data, n, actions, max_size, w, &stop): side 0 = frontend, 1 =
+ * backend; walks from w->pos exactly as the method would, 0 on success (stop set), -1
+ * with an exception.
+ */
+typedef int (*cwalk_fn)(PyObject *self, int side, const unsigned char *p, Py_ssize_t n,
+                        const unsigned char *act, Py_ssize_t max_size, Walk *w, long *stop);
+typedef struct {
+    PyCFunction frontend, backend; /* the methods whose bound objects are recognized */
+    cwalk_fn walk;
+} CWalks;
+#define CWALKS_CAPSULE "gateway.wire._speedups.CWalks"
+
 #endif
