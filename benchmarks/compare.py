@@ -744,7 +744,10 @@ def method_lines(s: Settings, data: CopyData | None) -> list[str]:
             "bytes/row). OUT: `psql -c '\\copy copy_src to /dev/null'`; IN: `psql -c "
             "'\\copy copy_dst from <file>'` into an unlogged table emptied (TRUNCATE + "
             "CHECKPOINT, untimed) before each run. MB/s = COPY text bytes / the time psql's "
-            "`\\timing` reports for the COPY (psql start and login excluded)."
+            "`\\timing` reports for the COPY (psql start and login excluded). "
+            f"`COPY pgbench_accounts TO STDOUT` (issue 2's target): `psql -c '\\copy "
+            f"pgbench_accounts to /dev/null'`, {data.accounts_rows:,} rows, "
+            f"{data.accounts_nbytes / 1e6:,.1f} MB of COPY text, timed the same way."
         )
     if s.has("select"):
         lines.append(
