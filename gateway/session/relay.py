@@ -248,31 +248,11 @@ class Relay:
 
     def _client_read(self, data: bytes) -> None:
         """A read from the client that the C path handed over whole."""
-        try:
-            out = self._frontend.feed(data)
-        except ProtocolViolation as exc:
-            if self.on_client_violation is None:
-                raise
-            self.on_client_violation(exc)
-            return
-        if out is None:
-            self.server.write(data)
-        elif out:
-            self.server.writelines(out)
+        _pass_on(data, None, self._frontend, self.on_client_violation, self.server)
 
     def _client_scanned(self, data: bytes, scanned: Scanned) -> None:
         """A read from the client that the C path walked up to a message to act on."""
-        try:
-            out = self._frontend.feed_scanned(data, scanned)
-        except ProtocolViolation as exc:
-            if self.on_client_violation is None:
-                raise
-            self.on_client_violation(exc)
-            return
-        if out is None:
-            self.server.write(data)
-        elif out:
-            self.server.writelines(out)
+        _pass_on(data, scanned, self._frontend, self.on_client_violation, self.server)
 
     def _on_frontend(self, msg_type: int, body: memoryview) -> bytes | None:
         # Only reached for watched types: statements when hooks are active, Terminate,
@@ -356,31 +336,11 @@ class Relay:
 
     def _server_read(self, data: bytes) -> None:
         """A read from the server that the C path handed over whole."""
-        try:
-            out = self._backend.feed(data)
-        except ProtocolViolation as exc:
-            if self.on_server_violation is None:
-                raise
-            self.on_server_violation(exc)
-            return
-        if out is None:
-            self.client.write(data)
-        elif out:
-            self.client.writelines(out)
+        _pass_on(data, None, self._backend, self.on_server_violation, self.client)
 
     def _server_scanned(self, data: bytes, scanned: Scanned) -> None:
         """A read from the server that the C path walked up to a message to act on."""
-        try:
-            out = self._backend.feed_scanned(data, scanned)
-        except ProtocolViolation as exc:
-            if self.on_server_violation is None:
-                raise
-            self.on_server_violation(exc)
-            return
-        if out is None:
-            self.client.write(data)
-        elif out:
-            self.client.writelines(out)
+        _pass_on(data, scanned, self._backend, self.on_server_violation, self.client)
 
     def _on_backend(self, msg_type: int, body: memoryview) -> bytes | None:
         if msg_type == _COMPLETE:  # these three only watched when results are tracked
@@ -484,6 +444,29 @@ def _closed_handler(msg_type: int, body: memoryview) -> bytes | None:
 
 def _closed_data(data: bytes) -> None:
     raise ProtocolViolation("session is closed")
+
+
+def _pass_on(
+    data: bytes,
+    scanned: Scanned | None,
+    framer: Framer,
+    on_violation: Callable[[ProtocolViolation], None] | None,
+    writer: Writer,
+) -> None:
+    """Frame one read (already walked by the C path when ``scanned`` is given) and write
+    what it gives. A protocol violation goes to ``on_violation`` when set (the caller then
+    closes the session), and is raised otherwise."""
+    try:
+        out = framer.feed(data) if scanned is None else framer.feed_scanned(data, scanned)
+    except ProtocolViolation as exc:
+        if on_violation is None:
+            raise
+        on_violation(exc)
+        return
+    if out is None:
+        writer.write(data)
+    elif out:
+        writer.writelines(out)
 
 
 def _query_text(body: memoryview) -> bytes:

@@ -278,35 +278,26 @@ Forward_custom_scan(Forward *self, FramerCore *fr, PyObject *data, const unsigne
         Py_DECREF(fr);
         return NULL;
     }
-    if (self->framer != fr) {
-        /* Closed by what the scan ran: the read goes where closed reads go. */
-        Py_DECREF(res);
+    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 6) {
         Py_DECREF(fr);
-        return call1(self->on_carried, data);
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError, "a scan must return a tuple of 6 ints");
+        return NULL;
     }
-    if (!PyTuple_CheckExact(res) || PyTuple_GET_SIZE(res) != 6)
-        goto slow;
     for (i = 0; i < 6; i++) {
         v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(res, i));
         if (v[i] == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            goto slow;
+            Py_DECREF(fr);
+            Py_DECREF(res);
+            return NULL;
         }
     }
-    if (fr->skip == 0 && v[0] >= 0 && v[0] <= n &&
-        clean_stop(v[1], p, n, v[0], act)) {
-        commit(fr, n, v[0], v[2], (long)v[3], (long)v[4], (long)v[5]);
-        Py_DECREF(res);
-        Py_DECREF(fr);
-        return call1(self->write, data);
-    }
-slow:
-    Py_DECREF(fr);
-    args[1] = data;
-    args[2] = res;
-    ret = PyObject_Vectorcall(self->on_scanned, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                              NULL);
     Py_DECREF(res);
+    {
+        Walk w = {v[0], v[2], (long)v[3], (long)v[4], (long)v[5]};
+        ret = Forward_after_walk(self, fr, data, p, n, act, &w, (long)v[1]);
+    }
+    Py_DECREF(fr);
     return ret;
 }
 
