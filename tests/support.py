@@ -262,6 +262,15 @@ class RawClient:
         self.sock.close()
 
 
+def vm_rss(pid: int) -> int:
+    """Resident memory of a process, in bytes (/proc/<pid>/status VmRSS)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def message(msg_type: bytes, body: bytes = b"") -> bytes:
     return msg_type + (len(body) + 4).to_bytes(4, "big") + body
 

@@ -34,6 +34,7 @@ from tests.support import (
     error_fields,
     message,
     pgbench_database,
+    vm_rss,
 )
 
 pytestmark = pytest.mark.e2e
@@ -254,14 +255,7 @@ def test_slow_reader_bounds_worker_memory(plain: Gateway) -> None:
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     assert c.login()[-1] == (b"Z", b"I")
 
-    def rss() -> int:
-        with open(f"/proc/{worker}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    baseline = peak = rss()
+    baseline = peak = vm_rss(worker)
     c.send(message(b"Q", f"select repeat('x', {width}) from generate_series(1, {rows})"
                    .encode() + b"\x00"))
     counts: Counter[bytes] = Counter()
@@ -273,7 +267,7 @@ def test_slow_reader_bounds_worker_memory(plain: Gateway) -> None:
             c.sock.settimeout(30)
             chunk = c.sock.recv(4096)
             c.buf += chunk
-            peak = max(peak, rss())
+            peak = max(peak, vm_rss(worker))
         msg = c.read_message()
         assert msg is not None, "gateway closed the connection in the middle of the result"
         counts[msg[0]] += 1
@@ -296,6 +290,7 @@ def test_cancel_reaches_the_right_query(plain: Gateway) -> None:
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("select pg_sleep(20)")
         assert time.monotonic() - started < 10
+        timer.join()
         assert conn.execute("select 'alive'").fetchone() == ("alive",)
 
 

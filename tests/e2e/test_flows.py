@@ -24,6 +24,7 @@ from tests.support import (
     RawClient,
     error_fields,
     message,
+    vm_rss,
 )
 
 pytestmark = pytest.mark.e2e
@@ -76,14 +77,6 @@ def wait_eof(client: RawClient, timeout: float = 5.0) -> bool:
         return True
     except TimeoutError:
         return False
-
-
-def vm_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 def poll(fn: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
