@@ -252,10 +252,19 @@ def test_psql_cancel_long_query(
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=TIMEOUT)
             elapsed = time.monotonic() - start
-            active = admin.execute(
-                "select count(*) from pg_stat_activity where query like %s "
-                "and pid <> pg_backend_pid()", (f"%{marker}%",),
-            ).fetchone()
+            # No backend may still hold the cancelled query once psql is gone. Directly,
+            # the backend exits when psql does; through pgwarden it is one hop later, and
+            # the session is either ended or reset with DISCARD ALL for the pool. Both
+            # happen after psql exits, so allow them a moment.
+            deadline = time.monotonic() + 5
+            while True:
+                active = admin.execute(
+                    "select count(*) from pg_stat_activity where query like %s "
+                    "and pid <> pg_backend_pid()", (f"%{marker}%",),
+                ).fetchone()
+                if active == (0,) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
         again = run(["psql", "-X", "-At", "-c", "select 'usable'"], ep.env())
         return proc.returncode, out, err, elapsed < 10, active, again.stdout
 
