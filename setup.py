@@ -1,6 +1,7 @@
 """Build of the optional C parts: the header walk (gateway/wire/_speedups.c), the
 statement shape (gateway/sql/_shape.c), the audit trail's fast path
-(gateway/session/_trail.c) and direct socket I/O for established sessions
+(gateway/session/_trail.c), the audit writer's event buffer (gateway/audit/_pending.c) and
+direct socket I/O for established sessions
 (gateway/server/_fastio.c).
 
 Everything else is in pyproject.toml. The extension is optional: if it cannot be
@@ -22,7 +23,14 @@ setup(
         Extension(
             "gateway.session._trail",
             ["gateway/session/_trail.c"],
-            depends=["gateway/wire/_walk.h"],
+            depends=["gateway/wire/_walk.h", "gateway/audit/_pending.h"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
+        Extension(
+            "gateway.audit._pending",
+            ["gateway/audit/_pending.c"],
+            depends=["gateway/audit/_pending.h"],
             optional=True,
             extra_compile_args=["-O2"],
         ),

@@ -42,7 +42,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import zstandard
@@ -50,6 +50,9 @@ from nacl.signing import SigningKey
 
 from gateway.audit.events import SCHEMA_VERSION, Event
 from gateway.audit.keys import KEY_ID_BYTES, key_id
+
+if TYPE_CHECKING:
+    from gateway.audit.pending import EventBuffer
 
 __all__ = [
     "FORMAT_VERSION",
@@ -462,6 +465,49 @@ class Chain:
 
         ``events`` are event Structs, or events already encoded as JSON objects (``bytes``
         or ``msgspec.Raw``: the session audit trail and the writer pass them so)."""
+        batch = self._sealing(kind)
+        # The events array is spliced into the encoded header members. Most events come
+        # encoded already (``bytes`` or ``msgspec.Raw``): the sequence is then joined as
+        # it is, without a pass over it in Python. Anything else (event Structs) fails
+        # the length sum or the join with TypeError, and the events are encoded first;
+        # nothing of the chain has changed by then.
+        head = _encoder.encode(batch)
+        try:
+            version, payload = self._payload(batch, head, events)
+        except TypeError:
+            encoded = [e if type(e) is bytes else _encoder.encode(e) for e in events]
+            version, payload = self._payload(batch, head, encoded)
+        return self._record(version, payload, kind)
+
+    def seal_buffer(self, buffer: EventBuffer) -> bytes:
+        """Seal the events in ``buffer`` (:class:`gateway.audit.pending.EventBuffer`) as
+        the next data batch; returns the record bytes. The buffer is left as it was.
+
+        The same payload as :meth:`seal` of those events, compressed in one pass over
+        one contiguous region: the header members are written into the room the buffer
+        keeps in front of the events."""
+        batch = self._sealing("data")
+        head = _encoder.encode(batch)
+        if not head.endswith(b'"events":[]}'):
+            raise AssertionError("the payload's last member must be the events array")
+        size = len(head) + buffer.nbytes
+        if self._zstd is not None and size <= MAX_PAYLOAD_BYTES:
+            try:
+                view = buffer.payload(head[:-2], b"]}")
+            except ValueError:  # a header too long for the room: compress in slices
+                with buffer.events() as body:
+                    version, payload = self._payload(batch, head, [body] if body else [])
+            else:
+                with view:
+                    payload = self._zstd.compress(view)
+                version = FORMAT_VERSION_ZSTD
+        else:
+            with buffer.events() as body:
+                version, payload = self._payload(batch, head, [body] if body else [])
+        return self._record(version, payload, "data")
+
+    def _sealing(self, kind: Kind) -> _Sealing:
+        """The payload members of the next batch, with an empty events array."""
         if self.closed:
             raise ChainClosed(f"epoch {self.epoch} is closed; no batch may follow its close")
         if (kind == "open") != (self.seq == 0):
@@ -470,7 +516,7 @@ class Chain:
                 f" (seq {self.seq}, kind {kind!r})"
             )
         version = FORMAT_VERSION_ZSTD if self._zstd is not None else FORMAT_VERSION_PLAIN
-        batch = _Sealing(
+        return _Sealing(
             version=version,
             schema=SCHEMA_VERSION,
             gateway=self.gateway_id,
@@ -484,17 +530,9 @@ class Chain:
             link=self.link if kind == "open" else None,
             events=[],
         )
-        # The events array is spliced into the encoded header members. Most events come
-        # encoded already (``bytes`` or ``msgspec.Raw``): the sequence is then joined as
-        # it is, without a pass over it in Python. Anything else (event Structs) fails
-        # the length sum or the join with TypeError, and the events are encoded first;
-        # nothing of the chain has changed by then.
-        head = _encoder.encode(batch)
-        try:
-            version, payload = self._payload(batch, head, events)
-        except TypeError:
-            encoded = [e if type(e) is bytes else _encoder.encode(e) for e in events]
-            version, payload = self._payload(batch, head, encoded)
+
+    def _record(self, version: int, payload: bytes, kind: Kind) -> bytes:
+        """Sign ``payload`` as the next record and advance the chain."""
         header = _HEADER.pack(MAGIC, version, len(payload))
         hasher = hashlib.sha256(header)
         hasher.update(payload)

@@ -7,13 +7,14 @@ This module owns *when* events become records: batching by count and time, seali
 is full or cannot be written. Shipping to Kafka is not here: a shipper reads the spool and
 is woken by ``on_batch``.
 
-Life of an event: ``emit`` appends it to a list (no encoding on the caller's path). A
-flush is scheduled when ``flush_events`` are pending, ``flush_interval`` seconds after the
-first pending event, or at once when someone awaits :meth:`AuditWriter.durable`. One
-drain task seals what is pending and hands the records to a single-thread executor that
-writes and fsyncs them; events emitted meanwhile wait and go into the next append, so one
-fsync covers everything that arrived during the previous one (group commit), whatever
-the load.
+Life of an event: ``emit`` encodes it into the pending batch, an
+:class:`~gateway.audit.pending.EventBuffer` (the session trail's C fast path formats
+statement events straight into it). A batch is sealed into a record as soon as it holds
+``flush_events`` events, ``flush_interval`` seconds after its first event, or at once when
+someone awaits :meth:`AuditWriter.durable`. One drain task hands the sealed records to a
+single-thread executor that writes and fsyncs them; records sealed meanwhile wait and go
+into the next append, so one fsync covers everything that arrived during the previous one
+(group commit), whatever the load.
 
 Failures are never silent: a spool write error is logged at ERROR, exposed as ``failed``,
 fails pending ``durable()`` waiters, and the sealed records are kept and retried (the
@@ -40,6 +41,7 @@ from nacl.signing import SigningKey
 from gateway import __version__
 from gateway.audit.batch import Chain, Link, link_to
 from gateway.audit.events import Event, EventsDroppedEvent, WorkerStartEvent, WorkerStopEvent
+from gateway.audit.pending import EventBuffer
 from gateway.audit.spool import Spool
 from gateway.config import AuditConfig
 
@@ -97,13 +99,13 @@ class AuditWriter:
         self._flush_events = cfg.flush_events
         self._flush_interval = cfg.flush_interval
         self._fail_open = cfg.on_spool_full == "fail_open"
-        # Encoded events waiting for the next seal. The list object is never replaced
-        # (sealing copies and clears it): the session audit trail's C fast path appends
-        # to it directly while fast_ok is true (see fast_sink).
-        self._pending: list[bytes] = []
-        # Events ever taken off the pending list (sealed, or held for a retry): with the
-        # list's length, every event ever queued (``_emitted``), so that appending an
-        # event is all the C fast path does per event.
+        # The encoded events of the batch being filled. The buffer is never replaced
+        # (sealing reads and clears it): the session audit trail's C fast path writes
+        # events into it directly while fast_ok is true (see fast_sink).
+        self._pending = EventBuffer()
+        # Events ever sealed off the pending buffer: with the buffer's count, every event
+        # ever queued (``_emitted``), so that appending an event is all the C fast path
+        # does per event.
         self._taken = 0
         # fast_ok as one byte the C fast path reads directly (see fast_sink).
         self._fast = bytearray(1)
@@ -119,8 +121,10 @@ class AuditWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._retry: list[bytes] = []  # sealed records a failed append left behind
-        self._retry_events = 0  # events in them
+        # Records sealed and not yet written (in chain order: a failed append puts its
+        # records back in front), and the events in them.
+        self._sealed: list[bytes] = []
+        self._sealed_events = 0
         self._failed: BaseException | None = None
         self._closing = False
         self._dropped_first = 0
@@ -216,7 +220,7 @@ class AuditWriter:
         except Exception as exc:
             # The chain has advanced past the open batch: keep it, so a later flush or
             # close writes it first and the chain stays whole.
-            self._retry = [record]
+            self._sealed = [record]
             self._failed = exc
             self._timer = loop.call_later(RETRY_DELAY, self._flush_soon)
             log.error("audit: cannot write the open batch of epoch %s: %s", self.chain.epoch, exc)
@@ -253,7 +257,9 @@ class AuditWriter:
                 return
             if self._dropped_pending:  # fail_open losses nobody emitted after
                 self._pending.append(_encoder.encode(self._dropped_event()))
-            records, events = self._seal_pending()
+            self._seal_now()
+            records, events = self._sealed, self._sealed_events
+            self._sealed, self._sealed_events = [], 0
             stop = WorkerStopEvent(
                 at=self._clock(), pid=os.getpid(), reason=reason, events=self._emitted
             )
@@ -310,19 +316,27 @@ class AuditWriter:
         self._update_fast()
 
     def fast_kick(self) -> None:
-        """After events were added to the pending list: start the batch's timer, or a
-        seal if the batch is full (the C fast path calls this for the first event of a
-        batch and when it reaches ``flush_events``)."""
+        """After events were added to the pending batch: start the batch's timer, or
+        seal it if it is full (the C fast path calls this for the first event of a batch
+        and when it reaches ``flush_events``)."""
         if len(self._pending) >= self._flush_events:
+            # Sealed now, so that a batch holds flush_events events; while writes or
+            # seals are failing, only the retry timer tries again.
+            if self.chain is not None and not self._closing and self._failed is None:
+                try:
+                    self._seal_now()
+                except Exception as exc:  # nothing sealed; the events stay pending
+                    self._hold("cannot seal a batch", exc, self._sealed_events)
+                    return
             self._schedule_now()
         elif self._timer is None and self._loop is not None and not self._closing:
             self._timer = self._loop.call_later(self._flush_interval, self._flush_soon)
 
-    def fast_sink(self) -> tuple[list[bytes], int, bytearray]:
-        """(the pending list, flush_events, the fast_ok byte) for the C fast path, which
-        appends encoded events to the list while the byte is non-zero (:attr:`fast_ok`)
-        and calls :meth:`fast_kick` as emit() would. The list and the byte are never
-        replaced."""
+    def fast_sink(self) -> tuple[EventBuffer, int, bytearray]:
+        """(the pending EventBuffer, flush_events, the fast_ok byte) for the C fast path,
+        which writes encoded events into the buffer while the byte is non-zero
+        (:attr:`fast_ok`) and calls :meth:`fast_kick` as emit() would. The buffer and the
+        byte are never replaced."""
         return self._pending, self._flush_events, self._fast
 
     def _update_fast(self) -> None:
@@ -376,10 +390,10 @@ class AuditWriter:
 
     def _due(self) -> bool:
         """Whether what is pending must be written now rather than when the timer fires:
-        a full batch, someone waiting for durability (strict mode, ``flush``), records a
-        failed append left behind, or closing."""
+        sealed records (a full batch, or what a failed append left behind), someone
+        waiting for durability (strict mode, ``flush``), or closing."""
         return bool(
-            self._retry or self._waiters or self._closing
+            self._sealed or self._waiters or self._closing
             or len(self._pending) >= self._flush_events
         )
 
@@ -392,39 +406,28 @@ class AuditWriter:
         # not whatever trickled in during one fsync (each batch costs an fsync, a Kafka
         # round trip and an acknowledgement).
         first = True
-        while (self._pending or self._retry) and (first or self._due()):
+        while (self._pending or self._sealed) and (first or self._due()):
             first = False
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            records, events = self._retry, self._retry_events
-            self._retry, self._retry_events = [], 0
-            pending = self._pending[:]
-            self._pending.clear()
-            self._taken += len(pending)
-            events += len(pending)
             try:
                 # Sealed here, on the loop: in the spool's thread the batch's compression
                 # would fight the event loop for the GIL (measured: more CPU, no better
                 # latency).
-                self._seal_into(records, pending)
+                self._seal_now()
+            except Exception as exc:  # nothing was sealed: the events stay pending
+                self._hold("cannot seal a batch", exc, self._sealed_events)
+                return
+            records, events = self._sealed, self._sealed_events
+            self._sealed, self._sealed_events = [], 0
+            try:
                 await self._loop.run_in_executor(self._executor, self.spool.append, records)
             except Exception as exc:  # SpoolError, or anything else: hold and retry
-                # ``records`` holds what was sealed; what was not goes back in front.
-                self._pending[:0] = pending
-                self._taken -= len(pending)
-                events -= len(pending)
-                self._retry, self._retry_events = records, events
-                self._failures += 1
-                if self._failed is None:
-                    log.error(
-                        "audit: cannot write the spool; %d events are held in memory and "
-                        "retried every %gs: %s", events, RETRY_DELAY, exc,
-                    )
-                self._failed = exc
-                self._fail_waiters(exc)
-                if not self._closing:
-                    self._timer = self._loop.call_later(RETRY_DELAY, self._flush_soon)
+                # Back in front of whatever was sealed meanwhile: the chain's order.
+                self._sealed[:0] = records
+                self._sealed_events += events
+                self._hold("cannot write the spool", exc, self._sealed_events)
                 return
             if self._failed is not None:
                 log.warning("audit: spool writes work again; %d held events written", events)
@@ -433,28 +436,37 @@ class AuditWriter:
         if self._pending and self._timer is None and not self._closing:
             self._timer = self._loop.call_later(self._flush_interval, self._flush_soon)
 
-    def _seal_into(self, records: list[bytes], pending: list[bytes]) -> None:
-        """Seal ``pending`` onto ``records`` (after those a failed append left), removing
-        from ``pending`` what is sealed. If sealing fails midway, ``records`` holds every
-        sealed record (the chain has advanced past them: they must be written, in order)
-        and ``pending`` the events still to seal."""
-        assert self.chain is not None
-        size = self._flush_events
-        while pending:
-            records.append(self.chain.seal(pending[:size]))
-            del pending[:size]
+    def _hold(self, what: str, exc: BaseException, events: int) -> None:
+        """A seal or an append failed: everything stays (sealed records and pending
+        events alike); report, fail the durability waiters, retry after RETRY_DELAY."""
+        if self._loop is None:
+            raise exc
+        self._failures += 1
+        if self._failed is None:
+            log.error(
+                "audit: %s; %d events are held in memory and retried every %gs: %s",
+                what, events + len(self._pending), RETRY_DELAY, exc,
+            )
+        self._failed = exc
+        self._fail_waiters(exc)
+        if not self._closing:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(RETRY_DELAY, self._flush_soon)
 
-    def _seal_pending(self) -> tuple[list[bytes], int]:
-        """Seal what is pending (after any records a failed append left) into batches of
-        at most ``flush_events``; returns the records and how many emitted events they
-        hold (for close(), when nothing else will run)."""
-        records, events = self._retry, self._retry_events + len(self._pending)
-        self._retry, self._retry_events = [], 0
-        pending = self._pending[:]
-        self._pending.clear()
-        self._taken += len(pending)
-        self._seal_into(records, pending)
-        return records, events
+    def _seal_now(self) -> None:
+        """Seal the pending batch (if any) onto the sealed records. If sealing raises,
+        nothing has changed: the events stay pending and the chain has not advanced."""
+        pending = self._pending
+        count = len(pending)
+        if not count:
+            return
+        assert self.chain is not None
+        record = self.chain.seal_buffer(pending)
+        pending.clear()
+        self._taken += count
+        self._sealed.append(record)
+        self._sealed_events += count
 
     def _written(self, records: list[bytes], events: int) -> None:
         self._batches += len(records)

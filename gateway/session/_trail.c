@@ -24,6 +24,7 @@
  * the one the Python path writes.
  */
 #include "../wire/_walk.h"
+#include "../audit/_pending.h"
 #include <structmember.h>
 #include <string.h>
 #include <time.h>
@@ -32,6 +33,10 @@ static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_r
     *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append,
     *str_version, *str_shape_hits, *str_unsafe, *str_simple, *str_hooks_version,
     *str_server_data, *str_bytes;
+
+/* gateway.audit._pending.EventBuffer, or NULL when that extension is not built (then
+ * every event goes through the writer's emit). */
+static PyTypeObject *EventBuffer_T;
 
 static long long
 now_ns(void)
@@ -325,7 +330,7 @@ typedef struct {
     PyObject *refused;    /* the relay's refused statement names (dict) */
     PyObject *emit;       /* callable taking one encoded event (bytes) */
     PyObject *gate;       /* the AuditWriter, or None */
-    PyObject *sink;       /* its pending list, or NULL */
+    PyObject *sink;       /* its pending EventBuffer (C), or NULL */
     PyObject *fast_flag;  /* its fast_ok as a bytearray of one byte, or NULL */
     PyObject *kick;       /* its fast_kick, or NULL */
     Py_ssize_t flush_events;
@@ -474,23 +479,25 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (gate != Py_None) {
-        /* The writer's pending list, flush size and fast_ok byte (AuditWriter.fast_sink). */
+        /* The writer's pending EventBuffer, flush size and fast_ok byte (AuditWriter.fast_sink). */
         PyObject *pair = PyObject_CallMethod(gate, "fast_sink", NULL);
         if (pair == NULL) {
             Py_DECREF(t);
             return NULL;
         }
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 3 ||
-            !PyList_Check(PyTuple_GET_ITEM(pair, 0)) ||
             !PyByteArray_Check(PyTuple_GET_ITEM(pair, 2)) ||
             PyByteArray_GET_SIZE(PyTuple_GET_ITEM(pair, 2)) != 1) {
             Py_DECREF(pair);
             Py_DECREF(t);
             PyErr_SetString(PyExc_TypeError,
-                            "fast_sink() must return (list, int, bytearray of one byte)");
+                            "fast_sink() must return (EventBuffer, int, bytearray of one byte)");
             return NULL;
         }
-        t->sink = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        /* Only the C EventBuffer is written directly; with its pure-Python twin every
+         * event goes through emit. */
+        if (EventBuffer_T != NULL && Py_IS_TYPE(PyTuple_GET_ITEM(pair, 0), EventBuffer_T))
+            t->sink = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
         t->fast_flag = Py_NewRef(PyTuple_GET_ITEM(pair, 2));
         t->flush_events = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
         Py_DECREF(pair);
@@ -621,6 +628,7 @@ static int
 finish(Trail *t, Pending *p, PyObject *tag_json)
 {
     PyObject *fragment, *event, *res;
+    EventBuffer *sink;
     char scratch[2048], *start_w, *end_digits;
     Py_ssize_t end_len;
     long long end = now_ns(), bytes_out, rows = 0;
@@ -650,10 +658,27 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     }
     size = EVENT_FIXED + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
            PyBytes_GET_SIZE(fragment) + PyBytes_GET_SIZE(tag_json);
-    /* Formatted where it fits in the stack (most events), then copied once into a bytes
-     * object of the exact size: no resize (a realloc) of a fresh object. */
-    if (size <= (Py_ssize_t)sizeof(scratch)) {
-        event = NULL;
+    if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
+        Py_DECREF(fragment);
+        return -1;
+    }
+    open = gate_open(t);
+    if (open < 0) {
+        Py_DECREF(fragment);
+        return -1;
+    }
+    sink = open ? (EventBuffer *)t->sink : NULL;
+    /* Formatted straight into the writer's pending batch when it takes events without
+     * its checks; else where it fits in the stack (most events), then copied once into
+     * a bytes object of the exact size for emit: no resize (a realloc) of a fresh one. */
+    event = NULL;
+    if (sink != NULL) {
+        w = eventbuffer_reserve(sink, size);
+        if (w == NULL) {
+            Py_DECREF(fragment);
+            return -1;
+        }
+    } else if (size <= (Py_ssize_t)sizeof(scratch)) {
         w = scratch;
     } else {
         event = PyBytes_FromStringAndSize(NULL, size);
@@ -695,33 +720,11 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     w = put_ll(w, bytes_out - p->out_mark);
     w = put(w, ",\"parameters\":null}");
     Py_DECREF(fragment);
-    if (event == NULL)
-        event = PyBytes_FromStringAndSize(scratch, w - start_w);
-    else
-        (void)_PyBytes_Resize(&event, w - start_w);
-    if (event == NULL)
-        return -1;
-    if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
-        Py_DECREF(event);
-        return -1;
-    }
-    open = gate_open(t);
-    if (open < 0 || (open && t->sink == NULL)) {
-        open = open < 0 ? -1 : 0;
-    }
-    if (open < 0) {
-        Py_DECREF(event);
-        return -1;
-    }
-    if (open) {
+    if (sink != NULL) {
         /* What AuditWriter.emit does when nothing needs checking. */
         Py_ssize_t n;
-        if (PyList_Append(t->sink, event) < 0) {
-            Py_DECREF(event);
-            return -1;
-        }
-        Py_DECREF(event);
-        n = PyList_GET_SIZE(t->sink);
+        eventbuffer_commit(sink, w);
+        n = sink->count;
         if (n == 1 || n >= t->flush_events) {
             res = PyObject_CallNoArgs(t->kick);
             if (res == NULL)
@@ -730,6 +733,12 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
         }
         return 0;
     }
+    if (event == NULL)
+        event = PyBytes_FromStringAndSize(scratch, w - start_w);
+    else
+        (void)_PyBytes_Resize(&event, w - start_w);
+    if (event == NULL)
+        return -1;
     res = PyObject_CallOneArg(t->emit, event);
     Py_DECREF(event);
     if (res == NULL)
@@ -1432,6 +1441,24 @@ PyInit__trail(void)
                 return NULL;
             }
             Py_DECREF(r);
+        }
+    }
+    {
+        /* The writer's event buffer (optional like this module: without it, emit). */
+        PyObject *pending = PyImport_ImportModule("gateway.audit._pending");
+        if (pending == NULL) {
+            PyErr_Clear();
+        } else {
+            PyObject *type = PyObject_GetAttrString(pending, "EventBuffer");
+            Py_DECREF(pending);
+            if (type == NULL || !PyType_Check(type)) {
+                Py_XDECREF(type);
+                Py_DECREF(m);
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_TypeError, "EventBuffer is not a type");
+                return NULL;
+            }
+            EventBuffer_T = (PyTypeObject *)type; /* kept for the life of the process */
         }
     }
     Py_INCREF(&PendingType);

@@ -270,40 +270,44 @@ def test_a_failing_spool_is_loud_and_nothing_is_lost(
     assert ids == [f"s1:{n}" for n in range(6)]
 
 
-def test_a_seal_failing_midway_keeps_what_was_sealed_and_loses_nothing(
+def test_a_failing_seal_keeps_what_was_sealed_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sealing goes a batch at a time: if it fails after the chain advanced, the sealed
-    records are kept (they must be written, in order) and the rest of the events go back
-    to be sealed again."""
+    """A batch is sealed when it fills. If sealing fails (here the second batch, once
+    when it fills and again in the drain), the chain has not advanced: the records sealed
+    before are kept (they must be written, in order), the events stay pending, durability
+    waiters are told, and the next attempt writes everything."""
     import gateway.audit.writer as writer_mod
     from gateway.audit.batch import Chain
 
     monkeypatch.setattr(writer_mod, "RETRY_DELAY", 0.05)
     cfg = audit_config(tmp_path, flush_events=4)
-    real_seal = Chain.seal
+    real_seal = Chain.seal_buffer
     calls = {"n": 0}
 
-    def flaky_seal(self: Chain, events: object, kind: str = "data") -> bytes:
+    def flaky_seal(self: Chain, buffer: object) -> bytes:
         calls["n"] += 1
-        if calls["n"] == 3:  # the second batch of the first drain (after the open batch)
+        if calls["n"] in (2, 3):
             raise MemoryError("simulated")
-        return real_seal(self, events, kind)  # type: ignore[arg-type]
+        return real_seal(self, buffer)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Chain, "seal", flaky_seal)
+    monkeypatch.setattr(Chain, "seal_buffer", flaky_seal)
 
     async def main() -> None:
         w = writer(cfg)
         await w.start()
-        for n in range(10):  # three batches' worth, sealed in one drain
+        for n in range(10):  # the first batch is sealed at 4 events, the second fails
             w.emit(statement(n))
+        assert calls["n"] == 2 and w.stats().durable == 0
         with pytest.raises(AuditWriteError, match="simulated"):
             await w.durable()
+        assert w.failed is not None
         for _ in range(200):
             await asyncio.sleep(0.01)
             if w.failed is None:
                 break
         await w.durable()
+        assert w.stats().durable == 10
         await w.close()
 
     run(main())
