@@ -108,7 +108,9 @@ class ShipSource(Protocol):
     """What the shipper drains: :class:`gateway.audit.spool.Spool` provides exactly this."""
 
     def unacked(self) -> Iterable[SpooledLike]:
-        """The records not yet acknowledged, in order."""
+        """The records not yet acknowledged, in order. (A source may also offer
+        ``unacked_cached()``: the same as a list, or ``None`` when that needs I/O; the
+        shipper then calls it on the event loop's thread.)"""
 
     def ack(self, position: Any) -> None:
         """Everything up to and including ``position`` is delivered."""
@@ -452,29 +454,41 @@ class KafkaShipper:
                      ",".join(self._servers))
 
     async def _read_window(self) -> list[SpooledLike]:
-        loop = asyncio.get_running_loop()
+        # What the spool still holds in memory (what this worker appended since the last
+        # acknowledgement: the steady state) is taken right here; otherwise the segment
+        # files are read in the executor.
+        cached = getattr(self._source, "unacked_cached", None)
         try:
-            window = await loop.run_in_executor(self._executor, self._read_window_sync)
+            held: list[SpooledLike] | None = cached() if cached is not None else None
+            if held is None:
+                loop = asyncio.get_running_loop()
+                window = await loop.run_in_executor(self._executor, self._read_window_sync)
+            else:
+                window = self._limit(held)
         except Exception as exc:
             raise _SourceError() from exc
         self._pending = len(window)
         return window
 
-    def _read_window_sync(self) -> list[SpooledLike]:
+    def _limit(self, items: Iterable[SpooledLike]) -> list[SpooledLike]:
+        """The first records of ``items`` that make one window."""
         window: list[SpooledLike] = []
         size = 0
+        for item in items:
+            window.append(item)
+            size += len(item.record)
+            if len(window) >= self._window_records or size >= self._window_bytes:
+                break
+        return window
+
+    def _read_window_sync(self) -> list[SpooledLike]:
         iterator = iter(self._source.unacked())
         try:
-            for item in iterator:
-                window.append(item)
-                size += len(item.record)
-                if len(window) >= self._window_records or size >= self._window_bytes:
-                    break
+            return self._limit(iterator)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # a generator holding a segment file open
-        return window
 
     async def _deliver(self, window: list[SpooledLike]) -> None:
         """Send ``window`` as record batches, one in flight at a time, each acknowledged

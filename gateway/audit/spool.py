@@ -38,6 +38,7 @@ readers only read bytes that an append has finished writing.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -57,6 +58,9 @@ from typing import BinaryIO, NamedTuple
 from gateway.audit.batch import HEADER_BYTES, TRAILER_BYTES, SourcedRecord, partition_key
 
 _ACK_BYTES = 21  # "%020d\n"
+#: Record bytes appended and not yet acknowledged that a spool keeps in memory for its
+#: transport (unacked_cached); past this (Kafka away for long) the transport reads files.
+RECENT_BYTES = 64 << 20
 
 __all__ = [
     "MIN_RECORD_BYTES",
@@ -229,6 +233,12 @@ class Spool:
         self._size = 0
         self._acked = 0
         self._closed = False
+        # The records appended by this process and not yet acknowledged, with the
+        # position each one follows (the end of the record before it), as long as they
+        # are a contiguous run: unacked_cached() serves a transport from here instead of
+        # reading the segment files back (bounded; beyond the bound, files are read).
+        self._recent: collections.deque[tuple[int, SpooledBatch]] = collections.deque()
+        self._recent_bytes = 0
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -392,6 +402,8 @@ class Spool:
             pieces: list[list[bytes]] = [[]]
             sizes = [cur.size if cur else 0]
             new_bases: list[int] = [] if cur else [base]
+            piece_base = cur.base if cur else base
+            ends: list[int] = []  # each record's position
             if not cur:
                 pieces[0].append(SEGMENT_MAGIC)
                 sizes[0] = len(SEGMENT_MAGIC)
@@ -403,10 +415,12 @@ class Spool:
                 ):
                     start = (cur.base if cur and len(pieces) == 1 else new_bases[-1]) + sizes[-1]
                     new_bases.append(start)
+                    piece_base = start
                     pieces.append([SEGMENT_MAGIC])
                     sizes.append(len(SEGMENT_MAGIC))
                 pieces[-1].append(frame)
                 sizes[-1] += len(frame)
+                ends.append(piece_base + sizes[-1])
             created: list[_Segment] = []
             old_size = cur.size if cur else 0
             try:
@@ -443,8 +457,22 @@ class Spool:
                 self._segments.extend(created)
                 self._size += sum(sizes) - old_size
                 self._last_record = records[-1]
+                self._remember(base, records, ends)
                 seg = self._segments[-1]
                 return seg.base + seg.size
+
+    def _remember(self, follows: int, records: Sequence[bytes], ends: list[int]) -> None:
+        """Keep what append() just wrote for unacked_cached (under ``_state``)."""
+        recent = self._recent
+        if recent and recent[-1][1].position != follows:
+            recent.clear()  # not contiguous (cannot happen): read files instead
+            self._recent_bytes = 0
+        for record, end in zip(records, ends, strict=True):
+            recent.append((follows, SpooledBatch(end, self.key, record)))
+            self._recent_bytes += len(record)
+            follows = end
+        while recent and self._recent_bytes > RECENT_BYTES:
+            self._recent_bytes -= len(recent.popleft()[1].record)
 
     def _undo(self, cur: _Segment | None, old_size: int, created: list[_Segment]) -> None:
         # Leave the spool exactly as it was, so a retry neither duplicates nor tears.
@@ -494,6 +522,21 @@ class Spool:
                 if reader.problem:
                     raise SpoolCorrupt(f"{path} at byte {reader.offset}: {reader.problem}")
 
+    def unacked_cached(self) -> list[SpooledBatch] | None:
+        """What ``list(unacked())`` would give, from memory: the records this process
+        appended since the acknowledged position, or ``None`` when memory does not hold
+        all of them (records of an earlier process, or beyond the bound) and the files
+        must be read. Cheap enough for the event loop's thread: no I/O."""
+        with self._state:
+            position = self._acked
+            end = self._segments[-1].base + self._segments[-1].size if self._segments else position
+            if position >= end:
+                return []
+            recent = self._recent
+            if not recent or recent[0][0] > position:
+                return None
+            return [item for _, item in recent if item.position > position]
+
     def ack(self, position: int) -> None:
         """Mark every record up to ``position`` as delivered: persist it and (unless
         ``retain_acked``) delete segments that hold nothing else."""
@@ -515,6 +558,9 @@ class Spool:
                 raise SpoolError(f"short write to {self.directory / 'ack'}")
             with self._state:
                 self._acked = position
+                recent = self._recent
+                while recent and recent[0][1].position <= position:
+                    self._recent_bytes -= len(recent.popleft()[1].record)
                 doomed: list[_Segment] = []
                 if not self.retain_acked:
                     # Never the last segment: it holds the record a new epoch links to.

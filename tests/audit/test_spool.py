@@ -311,3 +311,47 @@ def test_follow_spool_sees_later_appends(tmp_path: Path, records: list[bytes]) -
         seen.append(item.record)
     assert seen == records
     spool.close()
+
+
+def test_unacked_cached_is_unacked_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a transport reads on the event loop's thread: exactly ``list(unacked())``
+    across appends of several records, segment rotation and acknowledgements, or None
+    when memory does not hold it all (an earlier process's records, beyond the bound)."""
+    import gateway.audit.spool as spool_mod
+
+    recs = epoch_records(KEY, 30, per_batch=20, compression="none")
+    spool = open_spool(tmp_path, segment_bytes=8192)
+    assert spool.unacked_cached() == []
+    for i in range(0, 24, 3):
+        spool.append(recs[i : i + 3])
+        assert spool.unacked_cached() == list(spool.unacked())
+    assert len(segments(tmp_path)) > 2  # rotation happened along the way
+    everything = list(spool.unacked())
+    for item in everything[:10:3]:
+        spool.ack(item.position)
+        assert spool.unacked_cached() == list(spool.unacked())
+    spool.ack(everything[-1].position)
+    assert spool.unacked_cached() == [] == list(spool.unacked())
+    spool.append(recs[24:26])
+    assert spool.unacked_cached() == list(spool.unacked())
+    spool.close()
+
+    # A new process: what the last one left unacknowledged is on disk only.
+    spool = open_spool(tmp_path, segment_bytes=8192)
+    assert spool.unacked_cached() is None
+    spool.append(recs[26:27])
+    assert spool.unacked_cached() is None  # still the files' (the earlier records)
+    spool.ack(list(spool.unacked())[-2].position)
+    assert spool.unacked_cached() == list(spool.unacked())
+    assert [b.record for b in spool.unacked_cached() or []] == recs[26:27]
+
+    # Beyond the bound, memory lets go of the oldest and the files serve.
+    monkeypatch.setattr(spool_mod, "RECENT_BYTES", len(recs[28]) + len(recs[29]))
+    spool.append(recs[27:30])
+    assert spool.unacked_cached() is None
+    spool.ack(list(spool.unacked())[1].position)
+    assert spool.unacked_cached() == list(spool.unacked())
+    assert [b.record for b in spool.unacked_cached() or []] == recs[28:30]
+    spool.close()
