@@ -11,7 +11,7 @@ A record is::
 
 The payload is the UTF-8 JSON produced by the writer: stored as is in a version 1 record,
 as one zstd frame (level 1) in a version 2 record. Compression exists for throughput: the
-record's bytes are hashed, CRC'd, written, fsynced, read back and sent to Kafka, and a
+record's bytes are hashed, CRC'd, written, fsynced and sent to Kafka, and a
 batch of thousands of statement events shrinks about thirtyfold (measured: 8192 events,
 ~6 MB of JSON, ~150 KB compressed), so every one of those passes gets that much cheaper.
 
