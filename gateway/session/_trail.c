@@ -316,6 +316,148 @@ static PyTypeObject StatementType = {
     .tp_members = Statement_members,
 };
 
+/* ------------------------------------------------------------------ Queue */
+
+/* AuditedHooks' statements in flight (what it keeps in a collections.deque without this
+ * module): the part of a deque's interface the hooks use -- append, popleft, len, item
+ * access -- as a ring of references that the walks below use without method calls. */
+typedef struct {
+    PyObject_HEAD
+    PyObject **items;
+    Py_ssize_t cap, head, count;
+} Queue;
+
+static PyTypeObject QueueType;
+
+static int
+queue_push(Queue *q, PyObject *o)
+{
+    if (q->count == q->cap) {
+        Py_ssize_t cap = q->cap ? q->cap * 2 : 8, i;
+        PyObject **items = PyMem_New(PyObject *, cap);
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        for (i = 0; i < q->count; i++)
+            items[i] = q->items[(q->head + i) % q->cap];
+        PyMem_Free(q->items);
+        q->items = items;
+        q->cap = cap;
+        q->head = 0;
+    }
+    q->items[(q->head + q->count) % q->cap] = Py_NewRef(o);
+    q->count++;
+    return 0;
+}
+
+/* The first item (a new reference), removed; NULL with IndexError if empty. */
+static PyObject *
+queue_pop(Queue *q)
+{
+    PyObject *o;
+    if (q->count == 0) {
+        PyErr_SetString(PyExc_IndexError, "pop from an empty queue");
+        return NULL;
+    }
+    o = q->items[q->head];
+    q->head = (q->head + 1) % q->cap;
+    q->count--;
+    return o;
+}
+
+static PyObject *
+Queue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (!_PyArg_NoPositional("Queue", args) || !_PyArg_NoKeywords("Queue", kwds))
+        return NULL;
+    return type->tp_alloc(type, 0);
+}
+
+static int
+Queue_traverse(Queue *q, visitproc visit, void *arg)
+{
+    Py_ssize_t i;
+    for (i = 0; i < q->count; i++)
+        Py_VISIT(q->items[(q->head + i) % q->cap]);
+    return 0;
+}
+
+static int
+Queue_clear(Queue *q)
+{
+    while (q->count > 0) {
+        PyObject *o = queue_pop(q);
+        Py_DECREF(o);
+    }
+    return 0;
+}
+
+static void
+Queue_dealloc(Queue *q)
+{
+    PyObject_GC_UnTrack(q);
+    Queue_clear(q);
+    PyMem_Free(q->items);
+    Py_TYPE(q)->tp_free((PyObject *)q);
+}
+
+static Py_ssize_t
+Queue_length(Queue *q)
+{
+    return q->count;
+}
+
+static PyObject *
+Queue_item(Queue *q, Py_ssize_t i)
+{
+    if (i < 0 || i >= q->count) {
+        PyErr_SetString(PyExc_IndexError, "queue index out of range");
+        return NULL;
+    }
+    return Py_NewRef(q->items[(q->head + i) % q->cap]);
+}
+
+static PyObject *
+Queue_append(Queue *q, PyObject *o)
+{
+    if (queue_push(q, o) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Queue_popleft(Queue *q, PyObject *Py_UNUSED(ignored))
+{
+    return queue_pop(q);
+}
+
+static PySequenceMethods Queue_as_sequence = {
+    .sq_length = (lenfunc)Queue_length,
+    .sq_item = (ssizeargfunc)Queue_item,
+};
+
+static PyMethodDef Queue_methods[] = {
+    {"append", (PyCFunction)Queue_append, METH_O, "Add an item at the end."},
+    {"popleft", (PyCFunction)Queue_popleft, METH_NOARGS,
+     "Remove and return the first item (IndexError if empty)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject QueueType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.session._trail.Queue",
+    .tp_basicsize = sizeof(Queue),
+    .tp_dealloc = (destructor)Queue_dealloc,
+    .tp_as_sequence = &Queue_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A first-in first-out queue: append, popleft, len() and q[i].",
+    .tp_traverse = (traverseproc)Queue_traverse,
+    .tp_clear = (inquiry)Queue_clear,
+    .tp_methods = Queue_methods,
+    .tp_new = Queue_new,
+};
+
 /* ------------------------------------------------------------------ Trail */
 
 typedef struct {
@@ -326,7 +468,7 @@ typedef struct {
     PyObject *backend;    /* Framer: readies */
     PyObject *statements; /* dict: statement name -> _Prepared */
     PyObject *portals;    /* dict: portal -> (prepared, parameters, Bind size, batch) */
-    PyObject *pending;    /* collections.deque of Pending */
+    PyObject *pending;    /* Queue (or a collections.deque) of Pending */
     PyObject *refused;    /* the relay's refused statement names (dict) */
     PyObject *emit;       /* callable taking one encoded event (bytes) */
     PyObject *gate;       /* the AuditWriter, or None */
@@ -354,6 +496,45 @@ typedef struct {
     char last_tag[64];
     Py_ssize_t last_tag_len;
 } Trail;
+
+/* The pending queue's length, its item i (a new reference), append and popleft: directly
+ * for a Queue, through the deque's methods otherwise. */
+static Py_ssize_t
+pending_len(Trail *t)
+{
+    if (Py_IS_TYPE(t->pending, &QueueType))
+        return ((Queue *)t->pending)->count;
+    return PyObject_Length(t->pending);
+}
+
+static PyObject *
+pending_item(Trail *t, Py_ssize_t i)
+{
+    if (Py_IS_TYPE(t->pending, &QueueType))
+        return Queue_item((Queue *)t->pending, i);
+    return PySequence_GetItem(t->pending, i);
+}
+
+static int
+pending_append(Trail *t, PyObject *o)
+{
+    PyObject *res;
+    if (Py_IS_TYPE(t->pending, &QueueType))
+        return queue_push((Queue *)t->pending, o);
+    res = PyObject_CallOneArg(t->append, o);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static PyObject *
+pending_popleft(Trail *t)
+{
+    if (Py_IS_TYPE(t->pending, &QueueType))
+        return queue_pop((Queue *)t->pending);
+    return PyObject_CallNoArgs(t->popleft);
+}
 
 #define TRAIL_SLOTS(t)                                                                     \
     &(t)->hooks_seq, &(t)->hooks_statements, &(t)->hooks_version, &(t)->hooks_unsafe,      \
@@ -752,8 +933,8 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
 static int
 track(Trail *t, PyObject *statement, long long batch, long long bytes_in)
 {
-    PyObject *res;
     Pending *p;
+    int r;
     long long seq, bytes_out = relay_bytes_out(t);
     if (bytes_out == -1 && PyErr_Occurred())
         return -1;
@@ -766,12 +947,9 @@ track(Trail *t, PyObject *statement, long long batch, long long bytes_in)
         return -1;
     }
     p->id = seq;
-    res = PyObject_CallOneArg(t->append, (PyObject *)p);
+    r = pending_append(t, (PyObject *)p);
     Py_DECREF(p);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    return 0;
+    return r;
 }
 
 /* 1: handled here; 0: leave it to Python (stop at it); -1: error. */
@@ -908,9 +1086,9 @@ static Pending *
 head_of(Trail *t)
 {
     PyObject *head;
-    if (PyObject_Length(t->pending) <= 0)
+    if (pending_len(t) <= 0)
         return NULL;
-    head = PySequence_GetItem(t->pending, 0);
+    head = pending_item(t, 0);
     if (head == NULL)
         return NULL;
     if (!Py_IS_TYPE(head, &PendingType)) {
@@ -943,7 +1121,7 @@ on_complete(Trail *t, const char *body, Py_ssize_t n)
     long long rows = 0;
     int has_rows, extended, r;
     Py_ssize_t len;
-    if (PyObject_Length(t->pending) == 0)
+    if (pending_len(t) == 0)
         return 1; /* nothing of ours in flight: AuditedHooks.on_complete does nothing */
     if (n < 1 || body[n - 1] != 0)
         return 0;
@@ -978,7 +1156,7 @@ on_complete(Trail *t, const char *body, Py_ssize_t n)
         r = -1;
     } else if (extended) {
         Py_SETREF(head->rows, has_rows ? PyLong_FromLongLong(rows) : Py_NewRef(Py_None));
-        res = head->rows == NULL ? NULL : PyObject_CallNoArgs(t->popleft);
+        res = head->rows == NULL ? NULL : pending_popleft(t);
         if (res == NULL) {
             r = -1;
         } else {
@@ -1017,12 +1195,12 @@ on_complete(Trail *t, const char *body, Py_ssize_t n)
 static int
 on_ready(Trail *t, unsigned char status, long long ended)
 {
-    Py_ssize_t i, n = PyObject_Length(t->pending);
+    Py_ssize_t i, n = pending_len(t);
     if (n < 0)
         return -1;
     /* First check that everything this ReadyForQuery ends can be handled here. */
     for (i = 0; i < n; i++) {
-        PyObject *o = PySequence_GetItem(t->pending, i);
+        PyObject *o = pending_item(t, i);
         Pending *p;
         int extended;
         if (o == NULL)
@@ -1112,7 +1290,7 @@ on_ready(Trail *t, unsigned char status, long long ended)
             Py_DECREF(p);
             break;
         }
-        res = PyObject_CallNoArgs(t->popleft);
+        res = pending_popleft(t);
         if (res == NULL) {
             Py_DECREF(p);
             return -1;
@@ -1461,6 +1639,9 @@ PyInit__trail(void)
             EventBuffer_T = (PyTypeObject *)type; /* kept for the life of the process */
         }
     }
+    if (PyType_Ready(&QueueType) < 0 ||
+        PyModule_AddObjectRef(m, "Queue", (PyObject *)&QueueType) < 0)
+        return NULL;
     Py_INCREF(&PendingType);
     if (PyModule_AddObject(m, "Pending", (PyObject *)&PendingType) < 0)
         return NULL;

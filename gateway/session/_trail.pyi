@@ -18,6 +18,13 @@ class Pending:
     parameters: list[str | None] | None
     def __init__(self, statement: Any, batch: int, bytes_in: int, out_mark: int) -> None: ...
 
+class Queue:
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> Any: ...
+    def append(self, item: Any, /) -> None: ...
+    def popleft(self) -> Any: ...
+
 class Statement:
     fragment: bytes
     text: str
@@ -36,7 +43,7 @@ class Trail:
         backend: Any,
         statements: dict[bytes, Any],
         portals: dict[bytes, Any],
-        pending: deque[Any],
+        pending: Queue | deque[Any],
         refused: dict[bytes, Any],
         emit: Callable[[Any], None],
         gate: Any,

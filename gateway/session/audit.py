@@ -209,7 +209,11 @@ class AuditedHooks(PolicyHooks):
         #: statement events written
         self.statements = 0
         # Simple queries, function calls and executions in the order the server answers.
-        self._pending: collections.deque[_Pending] = collections.deque()
+        # With the C fast path, its Queue: the part of a deque's interface used here, in
+        # a form its walks use without method calls.
+        self._pending: collections.deque[_Pending] = (
+            collections.deque() if _trail is None else _trail.Queue()  # type: ignore[assignment]
+        )
         self._statements: dict[bytes, _Prepared] = {}
         # portal -> (statement it was bound to, parameters if recorded, Bind size, the
         # ReadyForQuery ordinal that ends the Bind's batch)
@@ -233,7 +237,7 @@ class AuditedHooks(PolicyHooks):
         refused: dict[bytes, Refusal],
     ) -> tuple[Scan, Scan] | None:
         """The C walks that record the common statements without calling back (see
-        gateway/session/_trail.c); they share this object's dicts and deque."""
+        gateway/session/_trail.c); they share this object's dicts and queue."""
         if not ACCELERATED or _Pending is _PyPending:
             return None
         self._trail = _trail.Trail(
