@@ -306,8 +306,12 @@ def start_pgwarden(
     workers: int,
     name: str = "pgwarden",
     extra_toml: str = "",
+    source: Path | None = None,
 ) -> Target:
-    """``pgwarden serve`` with ``workers`` workers; the client logs in with a static secret."""
+    """``pgwarden serve`` with ``workers`` workers; the client logs in with a static secret.
+
+    ``source``: run the ``gateway`` package of that source tree (a checkout with its C
+    extensions built in place) instead of the installed one, to compare revisions."""
     from gateway.identity.static_secrets import hash_secret
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +327,9 @@ def start_pgwarden(
         )
     )
     _check_config(config)
-    argv = [*pgwarden_command(), "serve", "--config", str(config)]
+    command = pgwarden_command() if source is None else [
+        "env", f"PYTHONPATH={source}", sys.executable, "-m", "gateway.cli"]
+    argv = [*command, "serve", "--config", str(config)]
     proc = ManagedProcess(name, argv, workdir / "pgwarden.log", stop_signal=signal.SIGINT)
     target = Target(name, LOOPBACK, port, dbname, user, client_secret, proc)
     _start_and_wait(target)
