@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks import measure
 from benchmarks.compare import workdir
-from benchmarks.features import CLIENTS, DBNAME, ROLE, audit_toml
+from benchmarks.features import CLIENTS, DBNAME, ROLE, audit_toml, prepare_bench_database
 from benchmarks.targets import Target, start_pgwarden
 from gateway.devcluster import PgCluster
 
@@ -96,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         stack = contextlib.ExitStack()
         try:
-            password = secrets.token_urlsafe(16)
-            cluster.create_database(DBNAME)
-            cluster.pgbench_init(DBNAME, ns.scale)
-            cluster.create_role(ROLE, password)
-            cluster.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}", DBNAME)
+            password = prepare_bench_database(cluster, ns.scale)
             kafka = None
             if any(kind == "audit" for _, kind, _ in variants):
                 from gateway.devkafka import KafkaBroker

@@ -52,6 +52,17 @@ def audit_toml(workdir: Path, mode: str, kafka: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepare_bench_database(cluster: PgCluster, scale: int) -> str:
+    """The pgbench database at ``scale`` and the read-only role the load logs in as;
+    returns that role's password."""
+    password = secrets.token_urlsafe(16)
+    cluster.create_database(DBNAME)
+    cluster.pgbench_init(DBNAME, scale)
+    cluster.create_role(ROLE, password)
+    cluster.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}", DBNAME)
+    return password
+
+
 @contextlib.contextmanager
 def maybe_kafka(use: bool, workdir: Path) -> Iterator[str | None]:
     if not use:
@@ -85,11 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start()
         stack = contextlib.ExitStack()
         try:
-            password = secrets.token_urlsafe(16)
-            cluster.create_database(DBNAME)
-            cluster.pgbench_init(DBNAME, ns.scale)
-            cluster.create_role(ROLE, password)
-            cluster.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}", DBNAME)
+            password = prepare_bench_database(cluster, ns.scale)
             kafka = stack.enter_context(maybe_kafka(ns.kafka, base))
             targets: list[Target] = []
             bouncer = start_pgbouncer(cluster, base / "pgbouncer", dbname=DBNAME, user=ROLE,
