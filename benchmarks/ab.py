@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=int, default=10)
     p.add_argument("--modes", default="prepared,simple")
     p.add_argument("--extra", action="append", default=[], help="NAME=TOML for [audit]")
+    p.add_argument("--perf", type=Path, default=None,
+                   help="record each run's worker with `perf record -g` into this directory "
+                   "(NAME-MODE-ROUND.data); sampling costs CPU, so not for the figures")
     ns = p.parse_args(argv)
     variants = _parse(ns.variants)
     extras = dict(e.split("=", 1) for e in ns.extra)
@@ -134,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 for m, mode in enumerate(modes):
                     shift = (round_no + m) % len(targets)
                     for t in targets[shift:] + targets[:shift]:
-                        row = _run(cluster, t, mode, ns.duration, round_no)
+                        row = _run(cluster, t, mode, ns.duration, round_no, ns.perf)
                         results.setdefault((mode, t.name), []).append(row)
                         print(f"round {round_no} {mode:8} {t.name:12} " + " ".join(
                             f"{k}={row[k]:.2f}" for k in COLUMNS), file=sys.stderr, flush=True)
@@ -145,14 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(cluster: PgCluster, t: Target, mode: str, duration: int, round_no: int
-         ) -> dict[str, float]:
+def _run(cluster: PgCluster, t: Target, mode: str, duration: int, round_no: int,
+         perf: Path | None = None) -> dict[str, float]:
     pid = _worker_pid(t)
     time.sleep(0.5)  # the previous run's tail
+    recorder = None
+    if perf is not None:
+        perf.mkdir(parents=True, exist_ok=True)
+        recorder = subprocess.Popen(
+            ["perf", "record", "-q", "-F", "1999",
+             *os.environ.get("PGWARDEN_PERF_CALLGRAPH", "-g").split(), "-p", str(pid),
+             "-o", str(perf / f"{t.name}-{mode}-{round_no}.data")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = _thread_cpu(pid)
     sample = measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS,
                                     duration=duration, sampling_rate=0.01, round_no=round_no)
     after = _thread_cpu(pid)
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=60)
     n = sample.metrics["transactions"]
     main = [a - b for a, b in zip(after.get(pid, (0, 0)), before.get(pid, (0, 0)),
                                   strict=True)]

@@ -458,6 +458,327 @@ static PyTypeObject QueueType = {
     .tp_new = Queue_new,
 };
 
+/* ------------------------------------------------------------------ Portals */
+
+/*
+ * AuditedHooks' bound portals (what it keeps in a dict without this module): portal name
+ * (bytes) -> (statement, parameters, Bind size, batch), with the part of a dict's
+ * interface the hooks use. The unnamed portal -- the one nearly every driver binds and
+ * executes, once per statement -- is kept in plain members rather than in the dict, so
+ * that the walks below bind, execute and drop it without allocating a key, a tuple and
+ * two ints and without inserting into and deleting from a dict, per statement. Named
+ * portals are in a dict.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *named;      /* dict: name (not b"") -> 4-tuple */
+    PyObject *u_prepared; /* the unnamed portal's statement; NULL: none bound */
+    PyObject *u_params;   /* None or list */
+    long long u_size, u_batch;
+} Portals;
+
+static PyTypeObject PortalsType;
+
+static int
+is_unnamed(PyObject *key)
+{
+    return PyBytes_Check(key) && PyBytes_GET_SIZE(key) == 0;
+}
+
+static void
+portals_drop_unnamed(Portals *ps)
+{
+    Py_CLEAR(ps->u_prepared);
+    Py_CLEAR(ps->u_params);
+}
+
+/* The unnamed portal's entry as the dict would hold it (a new reference). */
+static PyObject *
+portals_unnamed_tuple(Portals *ps)
+{
+    return Py_BuildValue("(OOLL)", ps->u_prepared, ps->u_params, ps->u_size, ps->u_batch);
+}
+
+static PyObject *
+Portals_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Portals *ps;
+    if (!_PyArg_NoPositional("Portals", args) || !_PyArg_NoKeywords("Portals", kwds))
+        return NULL;
+    ps = (Portals *)type->tp_alloc(type, 0);
+    if (ps == NULL)
+        return NULL;
+    ps->named = PyDict_New();
+    if (ps->named == NULL) {
+        Py_DECREF(ps);
+        return NULL;
+    }
+    return (PyObject *)ps;
+}
+
+static int
+Portals_traverse(Portals *ps, visitproc visit, void *arg)
+{
+    Py_VISIT(ps->named);
+    Py_VISIT(ps->u_prepared);
+    Py_VISIT(ps->u_params);
+    return 0;
+}
+
+static int
+Portals_clear_refs(Portals *ps)
+{
+    Py_CLEAR(ps->named);
+    portals_drop_unnamed(ps);
+    return 0;
+}
+
+static void
+Portals_dealloc(Portals *ps)
+{
+    PyObject_GC_UnTrack(ps);
+    Portals_clear_refs(ps);
+    Py_TYPE(ps)->tp_free((PyObject *)ps);
+}
+
+static Py_ssize_t
+Portals_length(Portals *ps)
+{
+    return PyDict_GET_SIZE(ps->named) + (ps->u_prepared != NULL);
+}
+
+/* portals[key] (a new reference); NULL with KeyError if absent (or another error). */
+static PyObject *
+Portals_subscript(Portals *ps, PyObject *key)
+{
+    PyObject *v;
+    if (is_unnamed(key)) {
+        if (ps->u_prepared != NULL)
+            return portals_unnamed_tuple(ps);
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    v = PyDict_GetItemWithError(ps->named, key);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return Py_NewRef(v);
+}
+
+static int
+Portals_ass_subscript(Portals *ps, PyObject *key, PyObject *value)
+{
+    long long size, batch;
+    if (!is_unnamed(key))
+        return value == NULL ? PyDict_DelItem(ps->named, key)
+                             : PyDict_SetItem(ps->named, key, value);
+    if (value == NULL) {
+        if (ps->u_prepared == NULL) {
+            PyErr_SetObject(PyExc_KeyError, key);
+            return -1;
+        }
+        portals_drop_unnamed(ps);
+        return 0;
+    }
+    if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a portal is (statement, parameters, Bind size, batch)");
+        return -1;
+    }
+    size = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 2));
+    if (size == -1 && PyErr_Occurred())
+        return -1;
+    batch = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 3));
+    if (batch == -1 && PyErr_Occurred())
+        return -1;
+    Py_XSETREF(ps->u_prepared, Py_NewRef(PyTuple_GET_ITEM(value, 0)));
+    Py_XSETREF(ps->u_params, Py_NewRef(PyTuple_GET_ITEM(value, 1)));
+    ps->u_size = size;
+    ps->u_batch = batch;
+    return 0;
+}
+
+static int
+Portals_contains(Portals *ps, PyObject *key)
+{
+    if (is_unnamed(key))
+        return ps->u_prepared != NULL;
+    return PyDict_Contains(ps->named, key);
+}
+
+static PyObject *
+Portals_get(Portals *ps, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *v, *dflt = nargs > 1 ? args[1] : Py_None;
+    if (!_PyArg_CheckPositional("get", nargs, 1, 2))
+        return NULL;
+    if (is_unnamed(args[0]))
+        return ps->u_prepared != NULL ? portals_unnamed_tuple(ps) : Py_NewRef(dflt);
+    v = PyDict_GetItemWithError(ps->named, args[0]);
+    if (v == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(dflt);
+    return Py_NewRef(v);
+}
+
+static PyObject *
+Portals_pop(Portals *ps, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *v;
+    if (!_PyArg_CheckPositional("pop", nargs, 1, 2))
+        return NULL;
+    if (is_unnamed(args[0])) {
+        if (ps->u_prepared == NULL) {
+            if (nargs > 1)
+                return Py_NewRef(args[1]);
+            PyErr_SetObject(PyExc_KeyError, args[0]);
+            return NULL;
+        }
+        v = portals_unnamed_tuple(ps);
+        if (v != NULL)
+            portals_drop_unnamed(ps);
+        return v;
+    }
+    return _PyDict_Pop(ps->named, args[0], nargs > 1 ? args[1] : NULL);
+}
+
+static PyObject *
+Portals_clear(Portals *ps, PyObject *Py_UNUSED(ignored))
+{
+    PyDict_Clear(ps->named);
+    portals_drop_unnamed(ps);
+    Py_RETURN_NONE;
+}
+
+/* A list of (name, entry) pairs, the unnamed portal first: a snapshot (unlike a dict's
+ * view), so entries can be deleted while it is walked. */
+static PyObject *
+Portals_items(Portals *ps, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *items = PyDict_Items(ps->named), *pair;
+    if (items == NULL || ps->u_prepared == NULL)
+        return items;
+    pair = Py_BuildValue("(yN)", "", portals_unnamed_tuple(ps));
+    if (pair == NULL || PyList_Insert(items, 0, pair) < 0) {
+        Py_XDECREF(pair);
+        Py_DECREF(items);
+        return NULL;
+    }
+    Py_DECREF(pair);
+    return items;
+}
+
+/* A list of the entries, the unnamed portal's first. */
+static PyObject *
+Portals_values(Portals *ps, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *values = PyDict_Values(ps->named), *entry;
+    if (values == NULL || ps->u_prepared == NULL)
+        return values;
+    entry = portals_unnamed_tuple(ps);
+    if (entry == NULL || PyList_Insert(values, 0, entry) < 0) {
+        Py_XDECREF(entry);
+        Py_DECREF(values);
+        return NULL;
+    }
+    Py_DECREF(entry);
+    return values;
+}
+
+/*
+ * Drop the portals bound in a batch up to `ended` (their transaction is over: see
+ * AuditedHooks.on_ready) from a dict of portal entries. 0, or -1 on error.
+ */
+static int
+drop_ended(PyObject *dict, long long ended)
+{
+    PyObject *key, *value, *doomed;
+    Py_ssize_t pos = 0, i;
+    if (PyDict_GET_SIZE(dict) == 0)
+        return 0;
+    doomed = PyList_New(0);
+    if (doomed == NULL)
+        return -1;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        long long b;
+        if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
+            Py_DECREF(doomed);
+            PyErr_SetString(PyExc_TypeError, "malformed portal entry");
+            return -1;
+        }
+        b = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 3));
+        if (b == -1 && PyErr_Occurred()) {
+            Py_DECREF(doomed);
+            return -1;
+        }
+        if (b <= ended && PyList_Append(doomed, key) < 0) {
+            Py_DECREF(doomed);
+            return -1;
+        }
+    }
+    for (i = 0; i < PyList_GET_SIZE(doomed); i++) {
+        if (PyDict_DelItem(dict, PyList_GET_ITEM(doomed, i)) < 0) {
+            Py_DECREF(doomed);
+            return -1;
+        }
+    }
+    Py_DECREF(doomed);
+    return 0;
+}
+
+static PyObject *
+Portals_end_batches(Portals *ps, PyObject *arg)
+{
+    long long ended = PyLong_AsLongLong(arg);
+    if (ended == -1 && PyErr_Occurred())
+        return NULL;
+    if (ps->u_prepared != NULL && ps->u_batch <= ended)
+        portals_drop_unnamed(ps);
+    if (drop_ended(ps->named, ended) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMappingMethods Portals_as_mapping = {
+    .mp_length = (lenfunc)Portals_length,
+    .mp_subscript = (binaryfunc)Portals_subscript,
+    .mp_ass_subscript = (objobjargproc)Portals_ass_subscript,
+};
+
+static PySequenceMethods Portals_as_sequence = {
+    .sq_contains = (objobjproc)Portals_contains,
+};
+
+static PyMethodDef Portals_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))Portals_get, METH_FASTCALL,
+     "get(name, default=None): the portal's entry, or default."},
+    {"pop", (PyCFunction)(void (*)(void))Portals_pop, METH_FASTCALL,
+     "pop(name[, default]): remove and return the portal's entry."},
+    {"clear", (PyCFunction)Portals_clear, METH_NOARGS, "Drop every portal."},
+    {"items", (PyCFunction)Portals_items, METH_NOARGS,
+     "A list of (name, entry) pairs (a snapshot)."},
+    {"values", (PyCFunction)Portals_values, METH_NOARGS, "A list of the entries."},
+    {"end_batches", (PyCFunction)Portals_end_batches, METH_O,
+     "Drop the portals bound in a batch up to the given one (their transaction ended)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PortalsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.session._trail.Portals",
+    .tp_basicsize = sizeof(Portals),
+    .tp_dealloc = (destructor)Portals_dealloc,
+    .tp_as_mapping = &Portals_as_mapping,
+    .tp_as_sequence = &Portals_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Bound portals: name -> (statement, parameters, Bind size, batch).",
+    .tp_traverse = (traverseproc)Portals_traverse,
+    .tp_clear = (inquiry)Portals_clear_refs,
+    .tp_methods = Portals_methods,
+    .tp_new = Portals_new,
+};
+
 /* ------------------------------------------------------------------ Trail */
 
 typedef struct {
@@ -467,7 +788,9 @@ typedef struct {
     PyObject *frontend;   /* Framer: requests */
     PyObject *backend;    /* Framer: readies */
     PyObject *statements; /* dict: statement name -> _Prepared */
-    PyObject *portals;    /* dict: portal -> (prepared, parameters, Bind size, batch) */
+    PyObject *portals;    /* Portals (or a dict): portal -> (prepared, parameters, Bind
+                           * size, batch) */
+    Portals *ps;          /* portals when it is a Portals (borrowed), else NULL */
     PyObject *pending;    /* Queue (or a collections.deque) of Pending */
     PyObject *refused;    /* the relay's refused statement names (dict) */
     PyObject *emit;       /* callable taking one encoded event (bytes) */
@@ -493,6 +816,11 @@ typedef struct {
     /* The last statement name bound and the last command tag seen (they repeat): the
      * bytes of the name (its hash cached) and the tag's JSON, reused while the same. */
     PyObject *last_name, *last_tag_json;
+    /* What last_name named in the statements dict, and that dict's version then: while
+     * the dict is unchanged, the same name binds the same statement without a lookup
+     * (a bytes key compared by value each time otherwise). */
+    PyObject *last_prepared;
+    unsigned long long last_version;
     char last_tag[64];
     Py_ssize_t last_tag_len;
 } Trail;
@@ -564,6 +892,7 @@ Trail_traverse(Trail *t, visitproc visit, void *arg)
     Py_VISIT(t->shape_fn);
     Py_VISIT(t->last_name);
     Py_VISIT(t->last_tag_json);
+    Py_VISIT(t->last_prepared);
     return 0;
 }
 
@@ -592,6 +921,8 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->shape_fn);
     Py_CLEAR(t->last_name);
     Py_CLEAR(t->last_tag_json);
+    Py_CLEAR(t->last_prepared);
+    t->ps = NULL;
     {
         Slot *slots[] = {TRAIL_SLOTS(t)};
         size_t i;
@@ -621,12 +952,16 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                              "portals", "pending", "refused", "emit", "gate", "session",
                              "id_prefix", "fast", "audit", "cache", "shapes", "shape",
                              NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!O!OO!OOSSppOO!O", kwlist, &hooks,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!OOO!OOSSppOO!O", kwlist, &hooks,
                                      &relay, &frontend, &backend, &PyDict_Type, &statements,
-                                     &PyDict_Type, &portals, &pending, &PyDict_Type,
+                                     &portals, &pending, &PyDict_Type,
                                      &refused, &emit, &gate, &session, &id_prefix, &fast,
                                      &audit, &cache, &PyDict_Type, &shapes, &shape_fn))
         return NULL;
+    if (!PyDict_Check(portals) && !Py_IS_TYPE(portals, &PortalsType)) {
+        PyErr_SetString(PyExc_TypeError, "portals must be a dict or a Portals");
+        return NULL;
+    }
     t = (Trail *)type->tp_alloc(type, 0);
     if (t == NULL)
         return NULL;
@@ -636,6 +971,7 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     t->backend = Py_NewRef(backend);
     t->statements = Py_NewRef(statements);
     t->portals = Py_NewRef(portals);
+    t->ps = Py_IS_TYPE(portals, &PortalsType) ? (Portals *)portals : NULL;
     t->pending = Py_NewRef(pending);
     t->refused = Py_NewRef(refused);
     t->emit = Py_NewRef(emit);
@@ -978,11 +1314,38 @@ on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
         if (name == NULL)
             return -1;
         Py_XSETREF(t->last_name, Py_NewRef(name));
+        Py_CLEAR(t->last_prepared);
     }
-    prepared = PyDict_GetItemWithError(t->statements, name); /* borrowed */
+#if PY_VERSION_HEX < 0x030C0000
+    /* ma_version_tag changes with every change of the dict (PEP 509; deprecated from
+     * 3.12, where the lookup is always made). */
+    if (t->last_prepared != NULL &&
+        ((PyDictObject *)t->statements)->ma_version_tag == t->last_version) {
+        prepared = t->last_prepared;
+    } else
+#endif
+    {
+        prepared = PyDict_GetItemWithError(t->statements, name); /* borrowed */
+        if (prepared != NULL) {
+            Py_XSETREF(t->last_prepared, Py_NewRef(prepared));
+#if PY_VERSION_HEX < 0x030C0000
+            t->last_version = ((PyDictObject *)t->statements)->ma_version_tag;
+#endif
+        }
+    }
     Py_DECREF(name);
     if (prepared == NULL)
         return PyErr_Occurred() ? -1 : 0;
+    if (t->ps != NULL && pe == body) {
+        /* The unnamed portal: into the Portals' members. */
+        Portals *ps = t->ps;
+        Py_INCREF(prepared); /* (borrowed from the dict or last_prepared) */
+        Py_XSETREF(ps->u_prepared, prepared);
+        Py_XSETREF(ps->u_params, Py_NewRef(Py_None));
+        ps->u_size = (long long)n + 5;
+        ps->u_batch = batch;
+        return 1;
+    }
     portal = PyBytes_FromStringAndSize(body, pe - body);
     if (portal == NULL)
         return -1;
@@ -1000,7 +1363,7 @@ on_bind(Trail *t, const char *body, Py_ssize_t n, long long batch)
         Py_DECREF(portal);
         return -1;
     }
-    r = PyDict_SetItem(t->portals, portal, bound);
+    r = PyObject_SetItem(t->portals, portal, bound);
     Py_DECREF(portal);
     Py_DECREF(bound);
     return r < 0 ? -1 : 1;
@@ -1014,10 +1377,23 @@ on_execute(Trail *t, const char *body, Py_ssize_t n, long long batch)
     long long size;
     if (pe == NULL || n != (pe - body) + 5)
         return 0; /* malformed: Python raises the protocol violation */
+    if (t->ps != NULL && pe == body) {
+        /* The unnamed portal, from the Portals' members. */
+        Portals *ps = t->ps;
+        PyObject *statement;
+        int r;
+        if (ps->u_prepared == NULL || ps->u_params != Py_None)
+            return 0;
+        statement = Py_NewRef(ps->u_prepared);
+        r = track(t, statement, batch, ps->u_size + 5 + 0 + 5);
+        Py_DECREF(statement);
+        return r < 0 ? -1 : 1;
+    }
     portal = PyBytes_FromStringAndSize(body, pe - body);
     if (portal == NULL)
         return -1;
-    bound = PyDict_GetItemWithError(t->portals, portal); /* borrowed */
+    bound = t->ps != NULL ? PyDict_GetItemWithError(t->ps->named, portal)
+                          : PyDict_GetItemWithError(t->portals, portal); /* borrowed */
     if (bound == NULL) {
         Py_DECREF(portal);
         return PyErr_Occurred() ? -1 : 0; /* a SQL cursor's portal, say */
@@ -1225,57 +1601,16 @@ on_ready(Trail *t, unsigned char status, long long ended)
         }
         Py_DECREF(o);
     }
-    if (status == 'I' && PyDict_GET_SIZE(t->portals) == 1) {
-        /* The common case (the unnamed portal): no list of the doomed. */
-        PyObject *key, *value;
-        Py_ssize_t pos = 0;
-        long long b;
-        if (!PyDict_Next(t->portals, &pos, &key, &value) || !PyTuple_Check(value) ||
-            PyTuple_GET_SIZE(value) != 4) {
-            PyErr_SetString(PyExc_TypeError, "malformed portal entry");
-            return -1;
-        }
-        b = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 3));
-        if (b == -1 && PyErr_Occurred())
-            return -1;
-        if (b <= ended) {
-            int r;
-            Py_INCREF(key);
-            r = PyDict_DelItem(t->portals, key);
-            Py_DECREF(key);
-            if (r < 0)
-                return -1;
-        }
-    } else if (status == 'I' && PyDict_GET_SIZE(t->portals) != 0) {
+    if (status == 'I') {
         /* Portals end with their transaction (see AuditedHooks.on_ready). */
-        PyObject *key, *value, *doomed = PyList_New(0);
-        Py_ssize_t pos = 0;
-        if (doomed == NULL)
+        if (t->ps != NULL) {
+            if (t->ps->u_prepared != NULL && t->ps->u_batch <= ended)
+                portals_drop_unnamed(t->ps);
+            if (drop_ended(t->ps->named, ended) < 0)
+                return -1;
+        } else if (drop_ended(t->portals, ended) < 0) {
             return -1;
-        while (PyDict_Next(t->portals, &pos, &key, &value)) {
-            long long b;
-            if (!PyTuple_Check(value) || PyTuple_GET_SIZE(value) != 4) {
-                Py_DECREF(doomed);
-                PyErr_SetString(PyExc_TypeError, "malformed portal entry");
-                return -1;
-            }
-            b = PyLong_AsLongLong(PyTuple_GET_ITEM(value, 3));
-            if (b == -1 && PyErr_Occurred()) {
-                Py_DECREF(doomed);
-                return -1;
-            }
-            if (b <= ended && PyList_Append(doomed, key) < 0) {
-                Py_DECREF(doomed);
-                return -1;
-            }
         }
-        for (i = 0; i < PyList_GET_SIZE(doomed); i++) {
-            if (PyDict_DelItem(t->portals, PyList_GET_ITEM(doomed, i)) < 0) {
-                Py_DECREF(doomed);
-                return -1;
-            }
-        }
-        Py_DECREF(doomed);
     }
     for (;;) {
         Pending *p = head_of(t);
@@ -1641,6 +1976,9 @@ PyInit__trail(void)
     }
     if (PyType_Ready(&QueueType) < 0 ||
         PyModule_AddObjectRef(m, "Queue", (PyObject *)&QueueType) < 0)
+        return NULL;
+    if (PyType_Ready(&PortalsType) < 0 ||
+        PyModule_AddObjectRef(m, "Portals", (PyObject *)&PortalsType) < 0)
         return NULL;
     Py_INCREF(&PendingType);
     if (PyModule_AddObject(m, "Pending", (PyObject *)&PendingType) < 0)

@@ -154,6 +154,23 @@ class _Pending:
 
 _PyPending = _Pending
 
+#: A bound portal: the statement, its parameters if recorded, the Bind's size and the
+#: ReadyForQuery ordinal that ends the Bind's batch.
+_Bound = tuple[_Prepared, list[str | None] | None, int, int]
+
+
+class _PyPortals(dict[bytes, _Bound]):
+    """Bound portals by name; ``_trail.Portals`` is the same in C."""
+
+    def end_batches(self, ended: int) -> None:
+        """Drop the portals bound in a batch up to ``ended`` (their transaction ended)."""
+        if len(self) == 1:
+            if next(iter(self.values()))[3] <= ended:
+                self.clear()
+        else:
+            for name in [n for n, b in self.items() if b[3] <= ended]:
+                del self[name]
+
 try:  # the optional C fast path (gateway/session/_trail.c); the same behaviour without
     from gateway.session import _trail
 
@@ -215,9 +232,11 @@ class AuditedHooks(PolicyHooks):
             collections.deque() if _trail is None else _trail.Queue()  # type: ignore[assignment]
         )
         self._statements: dict[bytes, _Prepared] = {}
-        # portal -> (statement it was bound to, parameters if recorded, Bind size, the
-        # ReadyForQuery ordinal that ends the Bind's batch)
-        self._portals: dict[bytes, tuple[_Prepared, list[str | None] | None, int, int]] = {}
+        # portal -> _Bound. With the C fast path, its Portals: the part of a dict's
+        # interface used here, with the unnamed portal in members its walks use directly.
+        self._portals: _PyPortals = (
+            _PyPortals() if _trail is None else _trail.Portals()  # type: ignore[assignment]
+        )
         self._executions = 0
         # Asked before each statement: a refusal while the audit log cannot take it.
         self._admit = admit
@@ -380,13 +399,7 @@ class AuditedHooks(PolicyHooks):
         if status == _IDLE and portals and relay is not None:
             # Portals end with their transaction: those bound in a batch that has now
             # ended outside a transaction are gone (later ones may still be executed).
-            done = relay.current_batch - 1
-            if len(portals) == 1:
-                if next(iter(portals.values()))[3] <= done:
-                    portals.clear()
-            else:
-                for name in [n for n, b in portals.items() if b[3] <= done]:
-                    del portals[name]
+            portals.end_batches(relay.current_batch - 1)
         # called after the relay counted this ReadyForQuery
         ended = relay.current_batch - 1 if relay is not None else 0
         pending = self._pending

@@ -33,6 +33,7 @@ from tests.session.test_refusal import EXECUTE, SYNC, bind, cstr, parse, replace
 from tests.session.test_relay import Sink, msg
 
 Z_TX = msg(b"Z", b"T")
+Z_ERROR = msg(b"Z", b"E")
 TIMES = ("at", "start", "end", "duration_us")
 ROW = msg(b"D", b"\x00\x01\x00\x00\x00\x011")
 
@@ -42,6 +43,8 @@ def slow_path(m: pytest.MonkeyPatch) -> None:
     m.setattr(audit_module, "ACCELERATED", False)
     m.setattr(policy_module, "ACCELERATED", False)
     m.setattr(audit_module, "_Pending", audit_module._PyPending)
+    # the pending queue and the portals as plain Python objects (deque, dict)
+    m.setattr(audit_module, "_trail", None)
 
 
 def simple_select(aid: int) -> bytes:
@@ -129,6 +132,29 @@ CONVERSATION: list[Step] = [
     ("s", Z_IDLE),
     ("c", bind("", "b") + EXECUTE + SYNC),
     ("s", msg(b"2") + complete("SELECT 1") + Z_IDLE),
+    # the unnamed statement parsed again with another text between two Binds of it
+    ("c", parse("", "SELECT 'first'") + bind("", "") + EXECUTE + SYNC),
+    ("s", msg(b"1") + msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE),
+    ("c", bind("", "") + EXECUTE + SYNC),
+    ("s", msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE),
+    ("c", parse("", "SELECT 'second'") + bind("", "") + EXECUTE + SYNC),
+    ("s", msg(b"1") + msg(b"2") + ROW + complete("SELECT 1") + Z_IDLE),
+    # the unnamed portal is gone with its transaction: executed again, it is not the
+    # statement it was bound to
+    ("c", EXECUTE + SYNC),
+    ("s", error_response("34000", 'portal "" does not exist') + Z_IDLE),
+    # named and unnamed portals of one transaction, executed after a later Bind
+    ("c", msg(b"Q", cstr("BEGIN"))),
+    ("s", complete("BEGIN") + Z_TX),
+    ("c", bind("", "a") + bind("q", "b") + SYNC),
+    ("s", msg(b"2") + msg(b"2") + Z_TX),
+    ("c", execute("q") + EXECUTE + SYNC),
+    ("s", ROW + complete("SELECT 1") + error_response("22012", "division by zero")
+     + Z_ERROR),
+    ("c", msg(b"Q", cstr("ROLLBACK"))),
+    ("s", complete("ROLLBACK") + Z_IDLE),
+    ("c", execute("q") + SYNC),
+    ("s", error_response("34000", 'portal "q" does not exist') + Z_IDLE),
     # pgbench -S in simple mode: a new constant each time (the shape tier's case)
     *[step for aid in (17, 4242, 99, 100000, 5) for step in (
         ("c", simple_select(aid)), ("s", SIMPLE_ANSWER))],
@@ -191,7 +217,10 @@ def test_c_fast_path_writes_what_the_python_trail_writes(
     assert 'ODD "TAG" 7' in tags and "SUSPENDED" in tags and "FETCH 1" in tags
     assert {dict(e)["sqlstate"] for e in events} >= {"", "22012", "26000", "42501", "08006",
                                                      "57014"}
-    assert len(events) == fast[3] == 28
+    texts = [dict(e)["text"] for e in events]
+    assert texts.count("SELECT 'first'") == 2 and texts.count("SELECT 'second'") == 1
+    assert texts.count("<execute portal ''>") == 2 and texts.count("<execute portal 'q'>") == 1
+    assert len(events) == fast[3] == 37
 
 
 def test_event_bytes_are_identical_apart_from_the_clock(
