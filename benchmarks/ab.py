@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--perf", type=Path, default=None,
                    help="record each run's worker with `perf record -g` into this directory "
                    "(NAME-MODE-ROUND.data); sampling costs CPU, so not for the figures")
+    p.add_argument("--pyspy", type=Path, default=None,
+                   help="record each run's worker with `py-spy record` (raw collapsed "
+                   "stacks, NAME-MODE-ROUND.txt) into this directory")
     ns = p.parse_args(argv)
     variants = _parse(ns.variants)
     extras = dict(e.split("=", 1) for e in ns.extra)
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 for m, mode in enumerate(modes):
                     shift = (round_no + m) % len(targets)
                     for t in targets[shift:] + targets[:shift]:
-                        row = _run(cluster, t, mode, ns.duration, round_no, ns.perf)
+                        row = _run(cluster, t, mode, ns.duration, round_no, ns.perf,
+                                   ns.pyspy)
                         results.setdefault((mode, t.name), []).append(row)
                         print(f"round {round_no} {mode:8} {t.name:12} " + " ".join(
                             f"{k}={row[k]:.2f}" for k in COLUMNS), file=sys.stderr, flush=True)
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cluster: PgCluster, t: Target, mode: str, duration: int, round_no: int,
-         perf: Path | None = None) -> dict[str, float]:
+         perf: Path | None = None, pyspy: Path | None = None) -> dict[str, float]:
     pid = _worker_pid(t)
     time.sleep(0.5)  # the previous run's tail
     recorder = None
@@ -160,6 +164,12 @@ def _run(cluster: PgCluster, t: Target, mode: str, duration: int, round_no: int,
             ["perf", "record", "-q", "-F", "1999",
              *os.environ.get("PGWARDEN_PERF_CALLGRAPH", "-g").split(), "-p", str(pid),
              "-o", str(perf / f"{t.name}-{mode}-{round_no}.data")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elif pyspy is not None:
+        pyspy.mkdir(parents=True, exist_ok=True)
+        recorder = subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "-r", "250", "-f", "raw", "-p", str(pid),
+             "-o", str(pyspy / f"{t.name}-{mode}-{round_no}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = _thread_cpu(pid)
     sample = measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS,
