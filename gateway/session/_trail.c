@@ -199,12 +199,25 @@ typedef struct {
 
 static PyTypeObject PendingType;
 
+/* Freed Pendings kept for reuse: a session has one or a few in flight at a time, so
+ * nearly every statement's record is made and freed without the allocator. (The GIL
+ * guards the list.) */
+#define PENDING_FREE_MAX 64
+static Pending *pending_free[PENDING_FREE_MAX];
+static int pending_nfree;
+
 static Pending *
 pending_make(PyObject *statement, long long batch, long long bytes_in, long long out_mark)
 {
-    Pending *p = PyObject_New(Pending, &PendingType);
-    if (p == NULL)
-        return NULL;
+    Pending *p;
+    if (pending_nfree > 0) {
+        p = pending_free[--pending_nfree];
+        (void)PyObject_Init((PyObject *)p, &PendingType);
+    } else {
+        p = PyObject_New(Pending, &PendingType);
+        if (p == NULL)
+            return NULL;
+    }
     Py_INCREF(statement);
     p->statement = statement;
     p->batch = batch;
@@ -241,7 +254,10 @@ Pending_dealloc(Pending *p)
     Py_XDECREF(p->sqlstate);
     Py_XDECREF(p->error_message);
     Py_XDECREF(p->parameters);
-    PyObject_Free(p);
+    if (pending_nfree < PENDING_FREE_MAX)
+        pending_free[pending_nfree++] = p;
+    else
+        PyObject_Free(p);
 }
 
 static PyMemberDef Pending_members[] = {
@@ -456,6 +472,42 @@ static PyTypeObject QueueType = {
     .tp_clear = (inquiry)Queue_clear,
     .tp_methods = Queue_methods,
     .tp_new = Queue_new,
+};
+
+/* ------------------------------------------------------------------ Counters */
+
+/* A session's statement counters (AuditedHooks' _counts): plain integers that the walks
+ * increment in place, where attributes holding int objects would cost an allocation and
+ * a free per increment. */
+typedef struct {
+    PyObject_HEAD
+    long long seq;        /* the last id given to a statement */
+    long long statements; /* statement events written */
+} Counters;
+
+static PyMemberDef Counters_members[] = {
+    {"seq", T_LONGLONG, offsetof(Counters, seq), 0, "The last id given to a statement."},
+    {"statements", T_LONGLONG, offsetof(Counters, statements), 0,
+     "Statement events written."},
+    {NULL},
+};
+
+static PyObject *
+Counters_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (!_PyArg_NoPositional("Counters", args) || !_PyArg_NoKeywords("Counters", kwds))
+        return NULL;
+    return type->tp_alloc(type, 0);
+}
+
+static PyTypeObject CountersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.session._trail.Counters",
+    .tp_basicsize = sizeof(Counters),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A session's statement counters: seq and statements.",
+    .tp_members = Counters_members,
+    .tp_new = Counters_new,
 };
 
 /* ------------------------------------------------------------------ Portals */
@@ -791,6 +843,7 @@ typedef struct {
     PyObject *portals;    /* Portals (or a dict): portal -> (prepared, parameters, Bind
                            * size, batch) */
     Portals *ps;          /* portals when it is a Portals (borrowed), else NULL */
+    Counters *counts;     /* the hooks' counters; NULL: their _seq and statements */
     PyObject *pending;    /* Queue (or a collections.deque) of Pending */
     PyObject *refused;    /* the relay's refused statement names (dict) */
     PyObject *emit;       /* callable taking one encoded event (bytes) */
@@ -893,6 +946,7 @@ Trail_traverse(Trail *t, visitproc visit, void *arg)
     Py_VISIT(t->last_name);
     Py_VISIT(t->last_tag_json);
     Py_VISIT(t->last_prepared);
+    Py_VISIT(t->counts);
     return 0;
 }
 
@@ -922,6 +976,7 @@ Trail_clear(Trail *t)
     Py_CLEAR(t->last_name);
     Py_CLEAR(t->last_tag_json);
     Py_CLEAR(t->last_prepared);
+    Py_CLEAR(t->counts);
     t->ps = NULL;
     {
         Slot *slots[] = {TRAIL_SLOTS(t)};
@@ -947,17 +1002,23 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Trail *t;
     PyObject *hooks, *relay, *frontend, *backend, *statements, *portals, *pending, *refused,
         *emit, *gate, *session, *id_prefix, *cache, *shapes, *shape_fn;
+    PyObject *counts = Py_None;
     int fast, audit;
     static char *kwlist[] = {"hooks", "relay", "frontend", "backend", "statements",
                              "portals", "pending", "refused", "emit", "gate", "session",
                              "id_prefix", "fast", "audit", "cache", "shapes", "shape",
-                             NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!OOO!OOSSppOO!O", kwlist, &hooks,
+                             "counts", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO!OOO!OOSSppOO!O|O", kwlist, &hooks,
                                      &relay, &frontend, &backend, &PyDict_Type, &statements,
                                      &portals, &pending, &PyDict_Type,
                                      &refused, &emit, &gate, &session, &id_prefix, &fast,
-                                     &audit, &cache, &PyDict_Type, &shapes, &shape_fn))
+                                     &audit, &cache, &PyDict_Type, &shapes, &shape_fn,
+                                     &counts))
         return NULL;
+    if (counts != Py_None && !Py_IS_TYPE(counts, &CountersType)) {
+        PyErr_SetString(PyExc_TypeError, "counts must be a Counters or None");
+        return NULL;
+    }
     if (!PyDict_Check(portals) && !Py_IS_TYPE(portals, &PortalsType)) {
         PyErr_SetString(PyExc_TypeError, "portals must be a dict or a Portals");
         return NULL;
@@ -972,6 +1033,7 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     t->statements = Py_NewRef(statements);
     t->portals = Py_NewRef(portals);
     t->ps = Py_IS_TYPE(portals, &PortalsType) ? (Portals *)portals : NULL;
+    t->counts = counts == Py_None ? NULL : (Counters *)Py_NewRef(counts);
     t->pending = Py_NewRef(pending);
     t->refused = Py_NewRef(refused);
     t->emit = Py_NewRef(emit);
@@ -1175,7 +1237,9 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     }
     size = EVENT_FIXED + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
            PyBytes_GET_SIZE(fragment) + PyBytes_GET_SIZE(tag_json);
-    if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
+    if (t->counts != NULL) {
+        t->counts->statements++;
+    } else if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
         Py_DECREF(fragment);
         return -1;
     }
@@ -1277,7 +1341,8 @@ track(Trail *t, PyObject *statement, long long batch, long long bytes_in)
     p = pending_make(statement, batch, bytes_in, bytes_out);
     if (p == NULL)
         return -1;
-    seq = slot_increment(&t->hooks_seq, t->hooks, str_seq);
+    seq = t->counts != NULL ? ++t->counts->seq
+                            : slot_increment(&t->hooks_seq, t->hooks, str_seq);
     if (seq < 0) {
         Py_DECREF(p);
         return -1;
@@ -1976,6 +2041,9 @@ PyInit__trail(void)
     }
     if (PyType_Ready(&QueueType) < 0 ||
         PyModule_AddObjectRef(m, "Queue", (PyObject *)&QueueType) < 0)
+        return NULL;
+    if (PyType_Ready(&CountersType) < 0 ||
+        PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0)
         return NULL;
     if (PyType_Ready(&PortalsType) < 0 ||
         PyModule_AddObjectRef(m, "Portals", (PyObject *)&PortalsType) < 0)

@@ -25,6 +25,12 @@ class Queue:
     def append(self, item: Any, /) -> None: ...
     def popleft(self) -> Any: ...
 
+class Counters:
+    """A session's statement counters."""
+    seq: int
+    statements: int
+    def __init__(self) -> None: ...
+
 class Portals:
     """Bound portals by name: name -> (statement, parameters, Bind size, batch)."""
     def __init__(self) -> None: ...
@@ -59,6 +65,7 @@ class Trail:
         statements: dict[bytes, Any],
         portals: Portals | dict[bytes, Any],
         pending: Queue | deque[Any],
+        counts: Counters | None = None,
         refused: dict[bytes, Any],
         emit: Callable[[Any], None],
         gate: Any,

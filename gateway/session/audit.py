@@ -159,6 +159,17 @@ _PyPending = _Pending
 _Bound = tuple[_Prepared, list[str | None] | None, int, int]
 
 
+class _PyCounters:
+    """A session's statement counters; ``_trail.Counters`` is the same in C (plain
+    integers its walks increment without allocating an int object)."""
+
+    __slots__ = ("seq", "statements")
+
+    def __init__(self) -> None:
+        self.seq = 0  # the last id given to a statement of the session
+        self.statements = 0  # statement events written
+
+
 class _PyPortals(dict[bytes, _Bound]):
     """Bound portals by name; ``_trail.Portals`` is the same in C."""
 
@@ -194,9 +205,8 @@ class AuditedHooks(PolicyHooks):
     tracks_results = True
 
     __slots__ = (
-        "_emit", "_executions", "_gate", "_id_prefix", "_info", "_normalized", "_pending",
-        "_portals", "_record_parameters", "_relay", "_seq", "_session", "_statements",
-        "statements",
+        "_counts", "_emit", "_executions", "_gate", "_id_prefix", "_info", "_normalized",
+        "_pending", "_portals", "_record_parameters", "_relay", "_session", "_statements",
     )
 
     def __init__(
@@ -222,9 +232,9 @@ class AuditedHooks(PolicyHooks):
         self._normalized = normalized_text
         self._record_parameters = record_parameters
         self._relay: RelayState | None = None
-        self._seq = 0
-        #: statement events written
-        self.statements = 0
+        self._counts: _PyCounters = (
+            _PyCounters() if _trail is None else _trail.Counters()  # type: ignore[assignment]
+        )
         # Simple queries, function calls and executions in the order the server answers.
         # With the C fast path, its Queue: the part of a deque's interface used here, in
         # a form its walks use without method calls.
@@ -248,6 +258,11 @@ class AuditedHooks(PolicyHooks):
         #: mode): the server holds the bytes going upstream until then, then clears it.
         self.hold = False
 
+    @property
+    def statements(self) -> int:
+        """Statement events written."""
+        return self._counts.statements
+
     def attach(self, relay: RelayState) -> None:
         self._relay = relay
 
@@ -262,6 +277,7 @@ class AuditedHooks(PolicyHooks):
         self._trail = _trail.Trail(
             hooks=self, relay=relay, frontend=frontend, backend=backend,
             statements=self._statements, portals=self._portals, pending=self._pending,
+            counts=self._counts,  # type: ignore[arg-type]
             refused=refused, emit=self._emit, gate=self._gate, session=self._session,
             id_prefix=self._id_prefix,
             # Parameters to record and strict mode's start events are Python's work.
@@ -443,8 +459,9 @@ class AuditedHooks(PolicyHooks):
             self._track(_Pending(statement, 0, size, 0))
 
     def _track(self, pending: _Pending) -> None:
-        self._seq += 1
-        pending.id = self._seq
+        counts = self._counts
+        counts.seq += 1
+        pending.id = counts.seq
         self._pending.append(pending)
         if self.strict:
             # Strict mode: the record that this statement is about to run must be durable
@@ -465,10 +482,11 @@ class AuditedHooks(PolicyHooks):
         outcome = self.outcome
         decision = outcome if isinstance(outcome, Decision) else _UNKNOWN_REFUSED
         at = _now()
-        self._seq += 1
+        counts = self._counts
+        counts.seq += 1
         self._write(
             _Prepared(protocol, self._text(sql), self.fingerprint, decision).fragment,
-            self._seq, at, at, size, 0, None, b'""', refusal.sqlstate, refusal.message, None,
+            counts.seq, at, at, size, 0, None, b'""', refusal.sqlstate, refusal.message, None,
         )
 
     def _finish(self, p: _Pending) -> None:
@@ -485,7 +503,7 @@ class AuditedHooks(PolicyHooks):
         parameters: list[str | None] | None,
     ) -> None:
         """Emit one ``statement`` event (the members of StatementEvent, as JSON)."""
-        self.statements += 1
+        self._counts.statements += 1
         if sqlstate:
             outcome = b'"sqlstate":%s,"error_message":%s' % (_enc(sqlstate), _enc(error_message))
         else:
