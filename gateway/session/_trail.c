@@ -288,21 +288,73 @@ static PyTypeObject PendingType = {
 
 /* ------------------------------------------------------------------ Statement */
 
+/* The members of a simple query's statement event that come before its suffix. */
+#define SIMPLE_PREFIX "\"protocol\":\"simple\",\"text\":\""
+
 /* A simple Query's statement as the audit trail keeps it: the attributes of
- * gateway.session.audit._Prepared, for queries decided here. */
+ * gateway.session.audit._Prepared, for queries decided here. The event fragment and the
+ * text are made only if Python asks for them: finish() writes the fragment straight
+ * from the query's bytes into the event, so a statement recorded here costs no copy of
+ * its text besides that one. */
 typedef struct {
     PyObject_HEAD
-    PyObject *fragment;    /* bytes */
-    PyObject *text;        /* str */
+    PyObject *raw;         /* bytes: the query text (ASCII: the shape alphabet) */
+    PyObject *suffix;      /* bytes: the event members after the text */
+    Py_ssize_t escapes;    /* tabs, CRs and LFs in raw (each escaped in two bytes) */
+    PyObject *fragment;    /* bytes, or NULL until asked for */
+    PyObject *text;        /* str, or NULL until asked for */
     PyObject *fingerprint; /* str */
     PyObject *decision;    /* Decision */
     PyObject *protocol;    /* str */
     PyObject *extended;    /* bool */
 } Statement;
 
+/* The size of a Statement's fragment. */
+static Py_ssize_t
+statement_fragment_size(Statement *st)
+{
+    return (Py_ssize_t)sizeof(SIMPLE_PREFIX) - 1 + PyBytes_GET_SIZE(st->raw) + st->escapes +
+           1 + PyBytes_GET_SIZE(st->suffix);
+}
+
+/* Write a Statement's fragment at w (statement_fragment_size bytes); returns the end. */
+static char *
+statement_fragment_write(Statement *st, char *w)
+{
+    const char *body = PyBytes_AS_STRING(st->raw);
+    Py_ssize_t i, len = PyBytes_GET_SIZE(st->raw);
+    memcpy(w, SIMPLE_PREFIX, sizeof(SIMPLE_PREFIX) - 1);
+    w += sizeof(SIMPLE_PREFIX) - 1;
+    if (st->escapes == 0) {
+        memcpy(w, body, len);
+        w += len;
+    } else {
+        for (i = 0; i < len; i++) {
+            char c = body[i];
+            if (c == '\t') {
+                *w++ = '\\';
+                *w++ = 't';
+            } else if (c == '\r') {
+                *w++ = '\\';
+                *w++ = 'r';
+            } else if (c == '\n') {
+                *w++ = '\\';
+                *w++ = 'n';
+            } else {
+                *w++ = c;
+            }
+        }
+    }
+    *w++ = '"';
+    memcpy(w, PyBytes_AS_STRING(st->suffix), PyBytes_GET_SIZE(st->suffix));
+    return w + PyBytes_GET_SIZE(st->suffix);
+}
+
 static void
 Statement_dealloc(Statement *st)
 {
+    Py_XDECREF(st->raw);
+    Py_XDECREF(st->suffix);
     Py_XDECREF(st->fragment);
     Py_XDECREF(st->text);
     Py_XDECREF(st->fingerprint);
@@ -312,9 +364,39 @@ Statement_dealloc(Statement *st)
     PyObject_Free(st);
 }
 
+static PyObject *
+Statement_get_fragment(Statement *st, void *Py_UNUSED(closure))
+{
+    if (st->fragment == NULL) {
+        PyObject *f = PyBytes_FromStringAndSize(NULL, statement_fragment_size(st));
+        if (f == NULL)
+            return NULL;
+        statement_fragment_write(st, PyBytes_AS_STRING(f));
+        st->fragment = f;
+    }
+    return Py_NewRef(st->fragment);
+}
+
+static PyObject *
+Statement_get_text(Statement *st, void *Py_UNUSED(closure))
+{
+    if (st->text == NULL) {
+        st->text = PyUnicode_DecodeASCII(PyBytes_AS_STRING(st->raw),
+                                         PyBytes_GET_SIZE(st->raw), NULL);
+        if (st->text == NULL)
+            return NULL;
+    }
+    return Py_NewRef(st->text);
+}
+
+static PyGetSetDef Statement_getset[] = {
+    {"fragment", (getter)Statement_get_fragment, NULL,
+     "The statement's members of its event (JSON, without braces).", NULL},
+    {"text", (getter)Statement_get_text, NULL, "The query text.", NULL},
+    {NULL},
+};
+
 static PyMemberDef Statement_members[] = {
-    {"fragment", T_OBJECT_EX, offsetof(Statement, fragment), READONLY, NULL},
-    {"text", T_OBJECT_EX, offsetof(Statement, text), READONLY, NULL},
     {"fingerprint", T_OBJECT_EX, offsetof(Statement, fingerprint), READONLY, NULL},
     {"decision", T_OBJECT_EX, offsetof(Statement, decision), READONLY, NULL},
     {"protocol", T_OBJECT_EX, offsetof(Statement, protocol), READONLY, NULL},
@@ -330,6 +412,7 @@ static PyTypeObject StatementType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A simple query decided by the C fast path (see _Prepared).",
     .tp_members = Statement_members,
+    .tp_getset = Statement_getset,
 };
 
 /* ------------------------------------------------------------------ Queue */
@@ -1206,13 +1289,14 @@ floor_div_1000(long long v)
 static int
 finish(Trail *t, Pending *p, PyObject *tag_json)
 {
-    PyObject *fragment, *event, *res;
+    PyObject *fragment = NULL, *event, *res;
+    Statement *st = NULL; /* a Statement whose fragment is written from its text */
     EventBuffer *sink;
     char scratch[2048], *start_w, *end_digits;
     Py_ssize_t end_len;
     long long end = now_ns(), bytes_out, rows = 0;
     int has_rows = 0, open;
-    Py_ssize_t size;
+    Py_ssize_t size, fragment_size;
     char *w;
 
     if (p->rows != Py_None) {
@@ -1224,28 +1308,35 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     bytes_out = relay_bytes_out(t);
     if (bytes_out == -1 && PyErr_Occurred())
         return -1;
-    if (Py_IS_TYPE(p->statement, &StatementType))
-        fragment = Py_NewRef(((Statement *)p->statement)->fragment);
-    else
-        fragment = slot_get(&t->fragment, p->statement, str_fragment);
-    if (fragment == NULL)
-        return -1;
-    if (!PyBytes_Check(fragment)) {
-        Py_DECREF(fragment);
-        PyErr_SetString(PyExc_TypeError, "statement fragment must be bytes");
-        return -1;
+    if (Py_IS_TYPE(p->statement, &StatementType) &&
+        ((Statement *)p->statement)->fragment == NULL) {
+        st = (Statement *)p->statement;
+        fragment_size = statement_fragment_size(st);
+    } else {
+        if (Py_IS_TYPE(p->statement, &StatementType))
+            fragment = Py_NewRef(((Statement *)p->statement)->fragment);
+        else
+            fragment = slot_get(&t->fragment, p->statement, str_fragment);
+        if (fragment == NULL)
+            return -1;
+        if (!PyBytes_Check(fragment)) {
+            Py_DECREF(fragment);
+            PyErr_SetString(PyExc_TypeError, "statement fragment must be bytes");
+            return -1;
+        }
+        fragment_size = PyBytes_GET_SIZE(fragment);
     }
     size = EVENT_FIXED + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
-           PyBytes_GET_SIZE(fragment) + PyBytes_GET_SIZE(tag_json);
+           fragment_size + PyBytes_GET_SIZE(tag_json);
     if (t->counts != NULL) {
         t->counts->statements++;
     } else if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
-        Py_DECREF(fragment);
+        Py_XDECREF(fragment);
         return -1;
     }
     open = gate_open(t);
     if (open < 0) {
-        Py_DECREF(fragment);
+        Py_XDECREF(fragment);
         return -1;
     }
     sink = open ? (EventBuffer *)t->sink : NULL;
@@ -1256,7 +1347,7 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     if (sink != NULL) {
         w = eventbuffer_reserve(sink, size);
         if (w == NULL) {
-            Py_DECREF(fragment);
+            Py_XDECREF(fragment);
             return -1;
         }
     } else if (size <= (Py_ssize_t)sizeof(scratch)) {
@@ -1264,7 +1355,7 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     } else {
         event = PyBytes_FromStringAndSize(NULL, size);
         if (event == NULL) {
-            Py_DECREF(fragment);
+            Py_XDECREF(fragment);
             return -1;
         }
         w = PyBytes_AS_STRING(event);
@@ -1280,7 +1371,7 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     w = put(w, "\",");
     w = put_bytes(w, t->session);
     *w++ = ',';
-    w = put_bytes(w, fragment);
+    w = st != NULL ? statement_fragment_write(st, w) : put_bytes(w, fragment);
     w = put(w, ",\"start\":");
     w = put_ll(w, p->start);
     w = put(w, ",\"end\":");
@@ -1300,7 +1391,7 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     w = put(w, ",\"bytes_out\":");
     w = put_ll(w, bytes_out - p->out_mark);
     w = put(w, ",\"parameters\":null}");
-    Py_DECREF(fragment);
+    Py_XDECREF(fragment);
     if (sink != NULL) {
         /* What AuditWriter.emit does when nothing needs checking. */
         Py_ssize_t n;
@@ -1765,10 +1856,9 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
     if (t->audit) {
         /* A text with a shape is ASCII without quotes, backslashes or control characters
          * other than tab, CR and LF: its JSON only escapes those three. */
-        PyObject *suffix = PyTuple_GET_ITEM(entry, 2), *fragment, *text;
+        PyObject *suffix = PyTuple_GET_ITEM(entry, 2);
         Statement *st;
         int r;
-        char *w;
         if (!PyBytes_Check(suffix)) {
             Py_DECREF(raw);
             PyErr_SetString(PyExc_TypeError, "shape entry without an event suffix");
@@ -1783,49 +1873,16 @@ on_query(Trail *t, const char *body, Py_ssize_t n, long long batch)
                 return 0; /* not a shape's alphabet after all: Python's */
             }
         }
-        fragment = PyBytes_FromStringAndSize(NULL, 30 + len + escapes + 1 +
-                                             PyBytes_GET_SIZE(suffix));
-        if (fragment == NULL) {
-            Py_DECREF(raw);
-            return -1;
-        }
-        w = PyBytes_AS_STRING(fragment);
-        w = put(w, "\"protocol\":\"simple\",\"text\":\"");
-        for (i = 0; i < len; i++) {
-            char c = body[i];
-            if (c == '\t') {
-                *w++ = '\\';
-                *w++ = 't';
-            } else if (c == '\r') {
-                *w++ = '\\';
-                *w++ = 'r';
-            } else if (c == '\n') {
-                *w++ = '\\';
-                *w++ = 'n';
-            } else {
-                *w++ = c;
-            }
-        }
-        *w++ = '"';
-        w = put_bytes(w, suffix);
-        if (_PyBytes_Resize(&fragment, w - PyBytes_AS_STRING(fragment)) < 0) {
-            Py_DECREF(raw);
-            return -1;
-        }
-        text = PyUnicode_DecodeASCII(body, len, NULL);
-        Py_DECREF(raw);
-        if (text == NULL) {
-            Py_DECREF(fragment);
-            return -1;
-        }
         st = PyObject_New(Statement, &StatementType);
         if (st == NULL) {
-            Py_DECREF(fragment);
-            Py_DECREF(text);
+            Py_DECREF(raw);
             return -1;
         }
-        st->fragment = fragment;
-        st->text = text;
+        st->raw = raw; /* (its reference moves here) */
+        st->suffix = Py_NewRef(suffix);
+        st->escapes = escapes;
+        st->fragment = NULL;
+        st->text = NULL;
         st->fingerprint = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
         st->decision = Py_NewRef(PyTuple_GET_ITEM(entry, 0));
         st->protocol = Py_NewRef(str_simple);
@@ -2041,6 +2098,8 @@ PyInit__trail(void)
     }
     if (PyType_Ready(&QueueType) < 0 ||
         PyModule_AddObjectRef(m, "Queue", (PyObject *)&QueueType) < 0)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Statement", (PyObject *)&StatementType) < 0)
         return NULL;
     if (PyType_Ready(&CountersType) < 0 ||
         PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0)

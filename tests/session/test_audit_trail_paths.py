@@ -488,3 +488,29 @@ def test_a_full_spool_under_fail_closed_refuses_executions_of_prepared_statement
 
     asyncio.run(main())
     assert b"C" + SQLSTATE_AUDIT_FULL.encode() in received[0]
+
+
+def test_a_simple_query_recorded_in_c_has_the_text_and_fragment_python_would_make() -> None:
+    """The C path keeps a simple query's bytes and makes its text and event fragment only
+    when asked (finish() writes the fragment straight into the event): asked, they are
+    what _Prepared has for the same statement."""
+    assert audit_module.ACCELERATED, "gateway.session._trail was not built"
+    from gateway.session import _trail
+
+    hooks = AuditedHooks(DecisionCache(Policy(BASELINE)), INFO, {}, lambda e: None)
+    relay = Relay(Sink(), Sink(), hooks)
+    for aid in (1, 2):  # parsed, then served by the shape tier (and remembered)
+        relay.client_data(simple_select(aid))
+        relay.server_data(SIMPLE_ANSWER)
+    query = "SELECT abalance FROM pgbench_accounts\n\tWHERE aid = 42;"  # escapes: \n \t
+    relay.client_data(msg(b"Q", cstr(query)))
+    (pending,) = list(hooks._pending)  # type: ignore[call-overload]
+    statement = pending.statement
+    assert isinstance(statement, _trail.Statement)
+    reference = audit_module._Prepared("simple", query, statement.fingerprint,
+                                       statement.decision)
+    for _ in range(2):  # made once, then the same object
+        assert statement.text == query
+        assert statement.fragment == reference.fragment
+    assert statement.fragment is statement.fragment
+    assert statement.protocol == "simple" and statement.extended is False
