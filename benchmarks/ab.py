@@ -89,9 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--perf", type=Path, default=None,
                    help="record each run's worker with `perf record -g` into this directory "
                    "(NAME-MODE-ROUND.data); sampling costs CPU, so not for the figures")
+    p.add_argument("--perf-callgraph", default="fp",
+                   help="perf's --call-graph: fp (frame pointers; libpython has none, so "
+                   "stacks stop there) or dwarf (whole stacks, far larger files)")
     p.add_argument("--pyspy", type=Path, default=None,
                    help="record each run's worker with `py-spy record` (raw collapsed "
                    "stacks, NAME-MODE-ROUND.txt) into this directory")
+    p.add_argument("--pyspy-rate", type=int, default=250, help="py-spy samples per second")
     ns = p.parse_args(argv)
     variants = _parse(ns.variants)
     extras = dict(e.split("=", 1) for e in ns.extra)
@@ -141,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                 for m, mode in enumerate(modes):
                     shift = (round_no + m) % len(targets)
                     for t in targets[shift:] + targets[:shift]:
-                        row = _run(cluster, t, mode, ns.duration, round_no, ns.perf,
-                                   ns.pyspy)
+                        row = _run(cluster, t, mode, ns.duration, round_no,
+                                   _recorder(ns, t, mode, round_no))
                         results.setdefault((mode, t.name), []).append(row)
                         print(f"round {round_no} {mode:8} {t.name:12} " + " ".join(
                             f"{k}={row[k]:.2f}" for k in COLUMNS), file=sys.stderr, flush=True)
@@ -153,24 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _recorder(ns: argparse.Namespace, t: Target, mode: str, round_no: int
+              ) -> list[str] | None:
+    """The profiler command line (``-p PID`` to be added) of one run, if one was asked."""
+    name = f"{t.name}-{mode}-{round_no}"
+    if ns.perf is not None:
+        ns.perf.mkdir(parents=True, exist_ok=True)
+        return ["perf", "record", "-q", "-F", "1999", "--call-graph", ns.perf_callgraph,
+                "-o", str(ns.perf / f"{name}.data")]
+    if ns.pyspy is not None:
+        ns.pyspy.mkdir(parents=True, exist_ok=True)
+        return ["py-spy", "record", "--nonblocking", "-r", str(ns.pyspy_rate), "-f", "raw",
+                "-o", str(ns.pyspy / f"{name}.txt")]
+    return None
+
+
 def _run(cluster: PgCluster, t: Target, mode: str, duration: int, round_no: int,
-         perf: Path | None = None, pyspy: Path | None = None) -> dict[str, float]:
+         profiler: list[str] | None = None) -> dict[str, float]:
     pid = _worker_pid(t)
     time.sleep(0.5)  # the previous run's tail
     recorder = None
-    if perf is not None:
-        perf.mkdir(parents=True, exist_ok=True)
-        recorder = subprocess.Popen(
-            ["perf", "record", "-q", "-F", "1999",
-             *os.environ.get("PGWARDEN_PERF_CALLGRAPH", "-g").split(), "-p", str(pid),
-             "-o", str(perf / f"{t.name}-{mode}-{round_no}.data")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    elif pyspy is not None:
-        pyspy.mkdir(parents=True, exist_ok=True)
-        recorder = subprocess.Popen(
-            ["py-spy", "record", "--nonblocking", "-r", "250", "-f", "raw", "-p", str(pid),
-             "-o", str(pyspy / f"{t.name}-{mode}-{round_no}.txt")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if profiler is not None:
+        recorder = subprocess.Popen([*profiler, "-p", str(pid)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
     before = _thread_cpu(pid)
     sample = measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS,
                                     duration=duration, sampling_rate=0.01, round_no=round_no)

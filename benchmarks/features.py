@@ -13,7 +13,8 @@ instances, 1 worker each, identical but for their configuration:
 - ``pgwarden-strict``: baseline + audit in ``strict`` mode (measured and documented).
 
 ``pgbench -S -c 8`` in simple and prepared mode, interleaved in rounds with the target
-order rotating, so all targets see the same machine conditions. CPU is the proxy's own
+order rotating, so all targets see the same machine conditions, after a 2 s warm-up run
+of each target in each mode (discarded). CPU is the proxy's own
 (process tree, /proc), per statement; the ratios are taken within each round and the
 median reported. The machine is shared and noisy: compare ratios, not absolute figures.
 """
@@ -117,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             for t in targets:
                 assert t.process is not None
                 stack.callback(t.process.stop)
+            # Warm-up, discarded (as benchmarks.compare does): pooled upstream sessions,
+            # prepared statements, remembered query shapes, the Kafka producer's first
+            # connection and metadata are first-run costs, not the steady state measured.
+            for t in targets:
+                for mode in MODES:
+                    measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS, duration=2,
+                                           sampling_rate=0.01, round_no=0)
             results: dict[tuple[str, str], list[dict[str, float]]] = {}
             for round_no in range(1, ns.rounds + 1):
                 for m, mode in enumerate(MODES):
