@@ -1,7 +1,8 @@
-"""The audit trail's bound portals: ``_trail.Portals`` (C) behaves as ``_PyPortals``.
-
-The C type keeps the unnamed portal in members, apart from the named ones; whatever the
-mix of names and operations, every read must give what the dict-based reference gives.
+"""Pieces of the audit trail's C fast path (gateway/session/_trail.c) against their
+definitions: ``Portals`` behaves as the Python ``_PyPortals`` (it keeps the unnamed
+portal in members, apart from the named ones; whatever the mix of names and operations,
+every read must give what the dict-based reference gives), and the JSON alphabet check
+of a recorded simple query agrees with its byte-by-byte definition.
 """
 
 from __future__ import annotations
@@ -90,3 +91,31 @@ def test_end_batches_keeps_portals_of_later_batches() -> None:
         assert [name for name, _ in portals.items()] == [b"q"]
         portals.end_batches(7)
         assert not portals
+
+
+def _plain_escapes_reference(text: bytes) -> int:
+    escapes = 0
+    for c in text:
+        if c in b"\t\r\n":
+            escapes += 1
+        elif c < 0x20 or c > 0x7E or c in b'"\\':
+            return -1
+    return escapes
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_c_paths_json_alphabet_check_agrees_with_its_definition(seed: int) -> None:
+    """The check that lets a simple query's text be written into its event with only
+    tabs, CRs and LFs escaped (16 bytes at a time in C): any byte outside that alphabet,
+    at any position (in a 16-byte block or in the tail), makes it refuse."""
+    rng = random.Random(seed)
+    plain = b"SELECT abalance FROM pgbench_accounts WHERE aid = 1234;\t\r\n"
+    for _ in range(300):
+        text = bytes(rng.choice(plain) for _ in range(rng.randint(0, 80)))
+        if text and rng.random() < 0.6:
+            pos = rng.randrange(len(text))
+            bad = rng.choice([0, 1, 0x1F, 0x7F, 0x80, 0xC3, 0xFF, ord('"'), ord("\\"), 0x0B])
+            text = text[:pos] + bytes([bad]) + text[pos + 1 :]
+        assert _trail.json_plain_escapes(text) == _plain_escapes_reference(text), text
+    assert _trail.json_plain_escapes(b"a\tb" * 20) == 20
+    assert _trail.json_plain_escapes(b"x" * 31 + b'"') == -1
