@@ -921,7 +921,7 @@ static PyTypeObject PortalsType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *hooks;      /* AuditedHooks: _seq and statements are updated on it */
+    PyObject *hooks;      /* AuditedHooks (its _seq and statements without counts) */
     PyObject *relay;      /* bytes_out */
     PyObject *frontend;   /* Framer: requests */
     PyObject *backend;    /* Framer: readies */
