@@ -35,7 +35,14 @@ from pathlib import Path
 
 from benchmarks import measure
 from benchmarks.compare import workdir
-from benchmarks.features import CLIENTS, DBNAME, ROLE, audit_toml, prepare_bench_database
+from benchmarks.features import (
+    CLIENTS,
+    DBNAME,
+    ROLE,
+    audit_toml,
+    prepare_bench_database,
+    warm_up,
+)
 from benchmarks.targets import Target, start_pgwarden
 from gateway.devcluster import PgCluster
 
@@ -137,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert target.process is not None
                 stack.callback(target.process.stop)
                 targets.append(target)
-            for t in targets:  # warm up: connections, caches, prepared statements
-                for mode in modes:
-                    measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS,
-                                           duration=2, sampling_rate=0.01, round_no=0)
+            warm_up(cluster, targets, modes)
             for round_no in range(1, ns.rounds + 1):
                 for m, mode in enumerate(modes):
                     shift = (round_no + m) % len(targets)

@@ -26,7 +26,7 @@ import contextlib
 import secrets
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmarks import measure
@@ -62,6 +62,17 @@ def prepare_bench_database(cluster: PgCluster, scale: int) -> str:
     cluster.create_role(ROLE, password)
     cluster.sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ROLE}", DBNAME)
     return password
+
+
+def warm_up(cluster: PgCluster, targets: Sequence[Target], modes: Sequence[str]) -> None:
+    """A 2 s pgbench run of every target in every mode, discarded (as benchmarks.compare
+    does): pooled upstream sessions, prepared statements, remembered query shapes, the
+    Kafka producer's first connection and metadata are first-run costs, not the steady
+    state measured."""
+    for t in targets:
+        for mode in modes:
+            measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS, duration=2,
+                                   sampling_rate=0.01, round_no=0)
 
 
 @contextlib.contextmanager
@@ -118,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in targets:
                 assert t.process is not None
                 stack.callback(t.process.stop)
-            # Warm-up, discarded (as benchmarks.compare does): pooled upstream sessions,
-            # prepared statements, remembered query shapes, the Kafka producer's first
-            # connection and metadata are first-run costs, not the steady state measured.
-            for t in targets:
-                for mode in MODES:
-                    measure.pgbench_select(cluster, t, mode=mode, clients=CLIENTS, duration=2,
-                                           sampling_rate=0.01, round_no=0)
+            warm_up(cluster, targets, MODES)
             results: dict[tuple[str, str], list[dict[str, float]]] = {}
             for round_no in range(1, ns.rounds + 1):
                 for m, mode in enumerate(MODES):

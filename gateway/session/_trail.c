@@ -32,7 +32,7 @@
 #include <emmintrin.h>
 #endif
 
-static PyObject *str_seq, *str_statements, *str_bytes_out, *str_requests, *str_readies,
+static PyObject *str_bytes_out, *str_requests, *str_readies,
     *str_fragment, *str_extended, *empty_str, *empty_tag, *str_popleft, *str_append,
     *str_version, *str_shape_hits, *str_unsafe, *str_simple, *str_hooks_version,
     *str_server_data, *str_bytes;
@@ -53,20 +53,18 @@ now_ns(void)
 
 /*
  * Where an attribute of objects of one type lives when it is a plain member (a
- * __slots__ entry of a Python class, a PyMemberDef of a C type): then it is read (and an
- * object member written) right there, as member_get / member_set would, instead of
- * through the attribute protocol: a type lookup, a descriptor call and a boxed int per
- * access add up to a good part of the trail's cost per statement in a live worker, where
- * the socket work between two messages has evicted all of that from the caches. Anything
- * else (a property, an instance dict, __getattribute__ or __setattr__ overridden, a
- * member of another kind) goes through PyObject_GetAttr / PyObject_SetAttr, as does an
- * unset slot (which raises AttributeError there).
+ * __slots__ entry of a Python class, a PyMemberDef of a C type): then it is read right
+ * there, as member_get would, instead of through the attribute protocol: a type lookup,
+ * a descriptor call and a boxed int per access add up to a good part of the trail's cost
+ * per statement in a live worker, where the socket work between two messages has evicted
+ * all of that from the caches. Anything else (a property, an instance dict,
+ * __getattribute__ overridden, a member of another kind) goes through PyObject_GetAttr,
+ * as does an unset slot (which raises AttributeError there).
  */
 typedef struct {
     PyTypeObject *type; /* strong reference to the type resolved for; NULL: not yet */
     Py_ssize_t offset;  /* of the member in the object; -1: use the attribute protocol */
     int kind;           /* T_OBJECT_EX, T_PYSSIZET or T_LONGLONG */
-    int writable;       /* an object member that may be assigned directly */
 } Slot;
 
 static void
@@ -78,7 +76,6 @@ slot_resolve(Slot *s, PyObject *obj, PyObject *name)
     Py_INCREF(type);
     Py_XSETREF(s->type, type);
     s->offset = -1;
-    s->writable = 0;
     if (type->tp_getattro != PyObject_GenericGetAttr)
         return;
     d = _PyType_Lookup(type, name); /* borrowed, no exception */
@@ -90,8 +87,6 @@ slot_resolve(Slot *s, PyObject *obj, PyObject *name)
         return;
     s->offset = m->offset;
     s->kind = m->type;
-    s->writable = m->type == T_OBJECT_EX && !(m->flags & READONLY) &&
-                  type->tp_setattro == PyObject_GenericSetAttr;
 }
 
 static void
@@ -165,26 +160,6 @@ slot_get_ll(Slot *s, PyObject *obj, PyObject *name)
             return PyLong_AsLongLong(*(PyObject **)addr);
     }
     return get_ll(obj, name);
-}
-
-/* increment(obj, name) through the slot. */
-static long long
-slot_increment(Slot *s, PyObject *obj, PyObject *name)
-{
-    if (s->type != Py_TYPE(obj))
-        slot_resolve(s, obj, name);
-    if (s->writable && *(PyObject **)((char *)obj + s->offset) != NULL) {
-        PyObject **addr = (PyObject **)((char *)obj + s->offset), *o;
-        long long v = PyLong_AsLongLong(*addr);
-        if (v == -1 && PyErr_Occurred())
-            return -1;
-        o = PyLong_FromLongLong(v + 1);
-        if (o == NULL)
-            return -1;
-        Py_SETREF(*addr, o);
-        return v + 1;
-    }
-    return increment(obj, name);
 }
 
 /* ------------------------------------------------------------------ Pending */
@@ -921,7 +896,7 @@ static PyTypeObject PortalsType = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *hooks;      /* AuditedHooks (its _seq and statements without counts) */
+    PyObject *hooks;      /* AuditedHooks or PolicyHooks */
     PyObject *relay;      /* bytes_out */
     PyObject *frontend;   /* Framer: requests */
     PyObject *backend;    /* Framer: readies */
@@ -929,7 +904,7 @@ typedef struct {
     PyObject *portals;    /* Portals (or a dict): portal -> (prepared, parameters, Bind
                            * size, batch) */
     Portals *ps;          /* portals when it is a Portals (borrowed), else NULL */
-    Counters *counts;     /* the hooks' counters; NULL: their _seq and statements */
+    Counters *counts;     /* the hooks' counters (an audit trail's; else NULL) */
     PyObject *pending;    /* Queue (or a collections.deque) of Pending */
     PyObject *refused;    /* the relay's refused statement names (dict) */
     PyObject *emit;       /* callable taking one encoded event (bytes) */
@@ -947,7 +922,7 @@ typedef struct {
     int fast;             /* 0: every watched message goes to Python */
     int audit;            /* 0: a policy-only session (no trail: only Query is handled) */
     /* Members read or written per statement (see Slot). */
-    Slot hooks_seq, hooks_statements, hooks_version, hooks_unsafe;
+    Slot hooks_version, hooks_unsafe;
     Slot fragment, extended; /* of a _Prepared (a Statement's are read directly) */
     Slot requests, readies;  /* of the framers */
     Slot server_data, fwd_bytes; /* relay.server_data.bytes: see relay_bytes_out */
@@ -1004,7 +979,7 @@ pending_popleft(Trail *t)
 }
 
 #define TRAIL_SLOTS(t)                                                                     \
-    &(t)->hooks_seq, &(t)->hooks_statements, &(t)->hooks_version, &(t)->hooks_unsafe,      \
+    &(t)->hooks_version, &(t)->hooks_unsafe,                                               \
         &(t)->fragment, &(t)->extended, &(t)->requests, &(t)->readies, &(t)->server_data,  \
         &(t)->fwd_bytes
 
@@ -1101,8 +1076,9 @@ Trail_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &audit, &cache, &PyDict_Type, &shapes, &shape_fn,
                                      &counts))
         return NULL;
-    if (counts != Py_None && !Py_IS_TYPE(counts, &CountersType)) {
-        PyErr_SetString(PyExc_TypeError, "counts must be a Counters or None");
+    if (audit ? !Py_IS_TYPE(counts, &CountersType) : counts != Py_None) {
+        PyErr_SetString(PyExc_TypeError,
+                        "counts must be a Counters for an audit trail, else None");
         return NULL;
     }
     if (!PyDict_Check(portals) && !Py_IS_TYPE(portals, &PortalsType)) {
@@ -1331,12 +1307,7 @@ finish(Trail *t, Pending *p, PyObject *tag_json)
     }
     size = EVENT_FIXED + PyBytes_GET_SIZE(t->id_prefix) + PyBytes_GET_SIZE(t->session) +
            fragment_size + PyBytes_GET_SIZE(tag_json);
-    if (t->counts != NULL) {
-        t->counts->statements++;
-    } else if (slot_increment(&t->hooks_statements, t->hooks, str_statements) < 0) {
-        Py_XDECREF(fragment);
-        return -1;
-    }
+    t->counts->statements++;
     open = gate_open(t);
     if (open < 0) {
         Py_XDECREF(fragment);
@@ -1429,19 +1400,13 @@ track(Trail *t, PyObject *statement, long long batch, long long bytes_in)
 {
     Pending *p;
     int r;
-    long long seq, bytes_out = relay_bytes_out(t);
+    long long bytes_out = relay_bytes_out(t);
     if (bytes_out == -1 && PyErr_Occurred())
         return -1;
     p = pending_make(statement, batch, bytes_in, bytes_out);
     if (p == NULL)
         return -1;
-    seq = t->counts != NULL ? ++t->counts->seq
-                            : slot_increment(&t->hooks_seq, t->hooks, str_seq);
-    if (seq < 0) {
-        Py_DECREF(p);
-        return -1;
-    }
-    p->id = seq;
+    p->id = ++t->counts->seq;
     r = pending_append(t, (PyObject *)p);
     Py_DECREF(p);
     return r;
@@ -2089,8 +2054,6 @@ PyInit__trail(void)
 #define INTERN(var, text)                                                                  \
     if ((var = PyUnicode_InternFromString(text)) == NULL)                                  \
         return NULL;
-    INTERN(str_seq, "_seq");
-    INTERN(str_statements, "statements");
     INTERN(str_bytes_out, "bytes_out");
     INTERN(str_requests, "requests");
     INTERN(str_readies, "readies");

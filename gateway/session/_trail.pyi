@@ -65,7 +65,7 @@ class Trail:
         statements: dict[bytes, Any],
         portals: Portals | dict[bytes, Any],
         pending: Queue | deque[Any],
-        counts: Counters | None = None,
+        counts: Counters | None = None,  # a Counters for an audit trail, else None
         refused: dict[bytes, Any],
         emit: Callable[[Any], None],
         gate: Any,

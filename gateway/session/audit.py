@@ -175,12 +175,8 @@ class _PyPortals(dict[bytes, _Bound]):
 
     def end_batches(self, ended: int) -> None:
         """Drop the portals bound in a batch up to ``ended`` (their transaction ended)."""
-        if len(self) == 1:
-            if next(iter(self.values()))[3] <= ended:
-                self.clear()
-        else:
-            for name in [n for n, b in self.items() if b[3] <= ended]:
-                del self[name]
+        for name in [n for n, b in self.items() if b[3] <= ended]:
+            del self[name]
 
 try:  # the optional C fast path (gateway/session/_trail.c); the same behaviour without
     from gateway.session import _trail
